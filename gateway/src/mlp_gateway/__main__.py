@@ -1,0 +1,3 @@
+from mlp_gateway.main import main
+
+main()

@@ -1,0 +1,20 @@
+"""Initial schema of the gateway: the event outbox and processed-event tables.
+
+Revision ID: 0001
+Revises:
+"""
+
+from mlp_core.events import create_event_tables, drop_event_tables
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    create_event_tables()
+
+
+def downgrade() -> None:
+    drop_event_tables()

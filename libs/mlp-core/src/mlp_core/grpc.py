@@ -1,0 +1,152 @@
+"""gRPC server helpers: health, reflection, auth, error translation and metrics on every server."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mlp_core.errors import DomainError
+from mlp_core.telemetry import GrpcMetrics
+
+log = logging.getLogger(__name__)
+
+#: Registers one servicer on a server and returns its full service name (for health and reflection).
+ServicerRegistrar = Callable[[grpc.aio.Server], str]
+
+HandlerWrapper = Callable[[Any, grpc.HandlerCallDetails], Any]
+
+
+def wrap_method_handler(handler: grpc.RpcMethodHandler, wrap: HandlerWrapper,
+                        details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    """Return ``handler`` with its behaviour replaced by ``wrap(behaviour, details)``, any arity."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            wrap(handler.unary_unary, details), handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            wrap(handler.unary_stream, details), handler.request_deserializer, handler.response_serializer)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            wrap(handler.stream_unary, details), handler.request_deserializer, handler.response_serializer)
+    return grpc.stream_stream_rpc_method_handler(
+        wrap(handler.stream_stream, details), handler.request_deserializer, handler.response_serializer)
+
+
+def _is_streaming_response(handler: grpc.RpcMethodHandler) -> bool:
+    return bool(handler.response_streaming)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns domain errors into their gRPC status and hides unexpected exceptions (INTERNAL)."""
+
+    def __init__(self, service: str, metrics: GrpcMetrics | None = None) -> None:
+        self.service = service
+        self.metrics = metrics
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if _is_streaming_response(handler):
+            return wrap_method_handler(handler, self._wrap_stream, handler_call_details)
+        return wrap_method_handler(handler, self._wrap_unary, handler_call_details)
+
+    def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.requests.labels(self.service, method, code.name).inc()
+            self.metrics.latency.labels(self.service, method).observe(time.perf_counter() - started)
+
+    def _wrap_unary(self, behaviour: Any, details: grpc.HandlerCallDetails) -> Any:
+        method = details.method
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                result = await behaviour(request, context)
+            except DomainError as exc:
+                self._record(method, exc.grpc_code, started)
+                await context.abort(exc.grpc_code, exc.detail)
+            except (grpc.aio.AbortError, grpc.RpcError):
+                self._record(method, context.code() or grpc.StatusCode.UNKNOWN, started)
+                raise
+            except Exception:
+                log.exception("unhandled error in %s", method)
+                self._record(method, grpc.StatusCode.INTERNAL, started)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see server logs")
+            else:
+                self._record(method, grpc.StatusCode.OK, started)
+                return result
+
+        return call
+
+    def _wrap_stream(self, behaviour: Any, details: grpc.HandlerCallDetails) -> Any:
+        method = details.method
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                async for item in behaviour(request, context):
+                    yield item
+            except DomainError as exc:
+                self._record(method, exc.grpc_code, started)
+                await context.abort(exc.grpc_code, exc.detail)
+            except (grpc.aio.AbortError, grpc.RpcError):
+                self._record(method, context.code() or grpc.StatusCode.UNKNOWN, started)
+                raise
+            except Exception:
+                log.exception("unhandled error in %s", method)
+                self._record(method, grpc.StatusCode.INTERNAL, started)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see server logs")
+            else:
+                self._record(method, grpc.StatusCode.OK, started)
+
+        return call
+
+
+class GrpcServer:
+    """A grpc.aio server with the standard health service, reflection and the given interceptors."""
+
+    def __init__(self, *, host: str, port: int, registrars: Sequence[ServicerRegistrar],
+                 interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+                 max_message_bytes: int = 64 * 1024 * 1024) -> None:
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.aio.server(interceptors=list(interceptors), options=options)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names = [registrar(self.server) for registrar in registrars]
+        reflection.enable_server_reflection(
+            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], self.server)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind gRPC port {host}:{port}")
+
+    async def start(self) -> None:
+        """Start serving and mark every service SERVING."""
+        await self.server.start()
+        for name in ["", *self.service_names]:
+            await _maybe_await(self.health.set(name, health_pb2.HealthCheckResponse.SERVING))
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Mark NOT_SERVING, then stop after a grace period for in-flight calls."""
+        for name in ["", *self.service_names]:
+            await _maybe_await(self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
+        await self.server.stop(grace)
+
+
+async def _maybe_await(value: Any) -> None:
+    if isinstance(value, Awaitable):
+        await value

@@ -1,0 +1,226 @@
+"""``ServiceHost``: one FastAPI app and one gRPC server per service, with the same edges everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from fastapi import APIRouter, FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from mlp_core.grpc import ErrorInterceptor, GrpcServer, ServicerRegistrar
+from mlp_core.http import MetricsMiddleware, install_problem_handlers
+from mlp_core.settings import CoreSettings
+from mlp_core.telemetry import GrpcMetrics, HttpMetrics, configure_logging, configure_tracing
+
+log = logging.getLogger(__name__)
+
+#: A readiness probe: returns normally when the dependency answers, raises otherwise.
+Probe = Callable[[], Awaitable[None] | None]
+#: A long-running task started with the service; it must return when the event is set.
+BackgroundTask = Callable[[asyncio.Event], Awaitable[None]]
+
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
+
+
+@dataclass
+class ServiceParts:
+    """What a service's composition root hands to the host."""
+
+    title: str
+    version: str = "0.1.0"
+    description: str = ""
+    routers: Sequence[APIRouter] = ()
+    grpc_registrars: Sequence[ServicerRegistrar] = ()
+    probes: dict[str, Probe] = field(default_factory=dict)
+    background: Sequence[BackgroundTask] = ()
+    on_shutdown: Sequence[Callable[[], Any]] = ()
+    public_paths: Sequence[str] = PUBLIC_PATHS
+
+
+class ServiceHost:
+    """Builds the FastAPI app (health, readiness, metrics, docs, auth) and runs it beside gRPC."""
+
+    def __init__(self, settings: CoreSettings, parts: ServiceParts, *,
+                 registry: CollectorRegistry | None = None, verifier: Any | None = None,
+                 grpc_interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> None:
+        self.settings = settings
+        self.parts = parts
+        self.registry = registry or CollectorRegistry()
+        self.verifier = verifier if verifier is not None else _build_verifier(settings)
+        self.grpc_metrics = GrpcMetrics(self.registry)
+        self.extra_interceptors = list(grpc_interceptors)
+        self.grpc_server: GrpcServer | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.app = self._build_app()
+
+    # ---------------------------------------------------------------- REST
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(title=self.parts.title, version=self.parts.version,
+                      description=self.parts.description, lifespan=self._lifespan)
+        install_problem_handlers(app)
+        for router in self.parts.routers:
+            app.include_router(router)
+
+        @app.get("/healthz", tags=["ops"], summary="Liveness: the process is up")
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok", "service": self.settings.service_name}
+
+        @app.get("/readyz", tags=["ops"], summary="Readiness: every dependency answers")
+        async def readyz() -> JSONResponse:
+            results = await self.check_readiness()
+            ready = all(r == "ok" for r in results.values())
+            return JSONResponse({"status": "ready" if ready else "not-ready", "checks": results},
+                                status_code=200 if ready else 503)
+
+        @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+        if self.verifier is not None:
+            from mlp_core.auth import AuthMiddleware
+
+            app.add_middleware(AuthMiddleware, verifier=self.verifier,
+                               public_paths=tuple(self.parts.public_paths))
+        app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(self.registry),
+                           service=self.settings.service_name)
+        _instrument_fastapi(app)
+        return app
+
+    async def check_readiness(self) -> dict[str, str]:
+        """Run every probe with a short timeout; 'ok' or the reason it failed."""
+        results: dict[str, str] = {}
+        for name, probe in self.parts.probes.items():
+            try:
+                outcome = probe() if inspect.iscoroutinefunction(probe) else asyncio.to_thread(probe)
+                if inspect.isawaitable(outcome):
+                    await asyncio.wait_for(outcome, timeout=3.0)
+                results[name] = "ok"
+            except Exception as exc:  # a probe failure is a state, not an error of ours
+                results[name] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+        if self.settings.grpc_port:
+            results["grpc"] = "ok" if self.grpc_server is not None else "failed: not started"
+        return results
+
+    # ---------------------------------------------------------------- lifecycle
+    @asynccontextmanager
+    async def _lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        await self.start_background()
+        try:
+            yield
+        finally:
+            await self.stop_background()
+
+    async def start_background(self) -> None:
+        """Start the gRPC server and every background task."""
+        self._stop.clear()
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            ErrorInterceptor(self.settings.service_name, self.grpc_metrics)]
+        if self.verifier is not None:
+            from mlp_core.auth import AuthInterceptor
+
+            interceptors.insert(0, AuthInterceptor(self.verifier))
+        interceptors[1:1] = self.extra_interceptors
+        if self.settings.grpc_port:
+            _instrument_grpc()
+            self.grpc_server = GrpcServer(host=self.settings.http_host, port=self.settings.grpc_port,
+                                          registrars=self.parts.grpc_registrars, interceptors=interceptors)
+            await self.grpc_server.start()
+            log.info("gRPC listening", extra={"port": self.grpc_server.port})
+        for task in self.parts.background:
+            self._tasks.append(asyncio.create_task(_supervise(task, self._stop)))
+
+    async def stop_background(self) -> None:
+        """Stop background tasks and the gRPC server."""
+        self._stop.set()
+        if self._tasks:
+            done, pending = await asyncio.wait(self._tasks, timeout=5.0)
+            for t in pending:
+                t.cancel()
+            self._tasks.clear()
+        if self.grpc_server is not None:
+            await self.grpc_server.stop()
+            self.grpc_server = None
+        for fn in self.parts.on_shutdown:
+            result = fn()
+            if inspect.isawaitable(result):
+                await result
+
+    async def serve(self) -> None:
+        """Run REST (uvicorn) and gRPC until SIGINT/SIGTERM."""
+        import uvicorn
+
+        config = uvicorn.Config(self.app, host=self.settings.http_host, port=self.settings.http_port,
+                                log_config=None, access_log=False, lifespan="on")
+        await uvicorn.Server(config).serve()
+
+
+async def _supervise(task: BackgroundTask, stop: asyncio.Event) -> None:
+    """Restart a crashed background task with backoff until the service stops."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            await task(stop)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task crashed; restarting in %.1fs", delay)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, 30.0)
+
+
+def _build_verifier(settings: CoreSettings) -> Any:
+    from mlp_core.auth import build_verifier
+
+    return build_verifier(settings)
+
+
+def _instrument_fastapi(app: FastAPI) -> None:
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+
+
+_grpc_instrumented = False
+
+
+def _instrument_grpc() -> None:
+    global _grpc_instrumented
+    if _grpc_instrumented:
+        return
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
+
+    GrpcAioInstrumentorServer().instrument()
+    GrpcAioInstrumentorClient().instrument()
+    _grpc_instrumented = True
+
+
+def tcp_probe(address: str, timeout: float = 2.0) -> Probe:
+    """A probe that opens a TCP connection to ``host:port`` (used for Kafka bootstrap servers)."""
+    host, _, port = address.rpartition(":")
+
+    def probe() -> None:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+
+    return probe
+
+
+def setup_process(settings: CoreSettings) -> None:
+    """Logging and tracing for a service process; call once in ``main()``."""
+    log_file = settings.log_dir / f"{settings.service_name}.log" if settings.log_dir else None
+    configure_logging(settings.service_name, settings.log_level, log_file)
+    configure_tracing(settings.service_name, settings.otlp_endpoint)

@@ -1,0 +1,22 @@
+"""Reference first migration of a service: the shared outbox and processed_events tables.
+
+Revision ID: 0001
+Revises:
+"""
+
+from alembic import op
+
+from mlp_core.events import create_event_tables, drop_event_tables
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    create_event_tables(op)
+
+
+def downgrade() -> None:
+    drop_event_tables(op)

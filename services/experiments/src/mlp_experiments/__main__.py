@@ -1,0 +1,3 @@
+from mlp_experiments.main import main
+
+main()

@@ -1,0 +1,153 @@
+"""Interfaces of the feature store's storage: registry, offline (SQL) and online (key-value) stores.
+
+Each backend implements one of these; contract tests run every implementation through the same cases.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from mlp_feature_store.domain.models import FeatureView, JoinKey
+
+
+@dataclass(frozen=True)
+class StoredDefinition:
+    """A definition as the registry holds it."""
+
+    project: str
+    kind: str
+    name: str
+    version: int
+    spec: dict[str, Any]
+    created_us: int
+    updated_us: int
+
+
+class RegistryStore(ABC):
+    """Versioned definitions per project and kind."""
+
+    @abstractmethod
+    def get(self, project: str, kind: str, name: str, version: int | None = None) -> StoredDefinition | None:
+        """One definition; the newest version when ``version`` is None."""
+
+    @abstractmethod
+    def list(self, project: str | None, kind: str | None = None, latest_only: bool = True
+             ) -> list[StoredDefinition]:
+        """Definitions of a project (every project when None), newest version of each by default."""
+
+    @abstractmethod
+    def put(self, project: str, kind: str, name: str, version: int, spec: dict[str, Any]) -> StoredDefinition:
+        """Insert a new version or replace the spec of an existing one."""
+
+    @abstractmethod
+    def delete(self, project: str, kind: str, name: str) -> int:
+        """Delete every version; returns how many were deleted."""
+
+
+@dataclass(frozen=True)
+class ViewLayout:
+    """What the offline and online stores need to know about one feature view version."""
+
+    project: str
+    view: FeatureView
+    keys: tuple[JoinKey, ...]
+
+    @property
+    def key_names(self) -> list[str]:
+        """Join key names in order."""
+        return [k.name for k in self.keys]
+
+
+@dataclass
+class IngestResult:
+    """Counts and the quality report of one ingest."""
+
+    run_id: str
+    rows_in: int = 0
+    rows_written: int = 0
+    rows_quarantined: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    ingested_us: int = 0
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Rows of one batch already converted to store values, split into good and quarantined."""
+
+    good: list[dict[str, Any]]
+    bad: list[tuple[dict[str, Any], list[str]]]
+
+
+@dataclass(frozen=True)
+class PitRequest:
+    """One feature view's part of a point-in-time join."""
+
+    layout: ViewLayout
+    features: tuple[str, ...]
+    prefix: str
+
+
+class OfflineStore(ABC):
+    """Append-only, time-stamped feature rows in SQL, one table per feature view version."""
+
+    @abstractmethod
+    def ensure_table(self, layout: ViewLayout) -> None:
+        """Create the view's table, or add columns for features added compatibly."""
+
+    @abstractmethod
+    def write(self, layout: ViewLayout, batches: Iterable[PreparedBatch], result: IngestResult,
+              source: str) -> IngestResult:
+        """Append good rows and quarantine bad ones in ONE transaction, with the ingestion run record."""
+
+    @abstractmethod
+    def historical(self, requests: Sequence[PitRequest], entity_rows: pa.Table, ts_column: str,
+                   no_backfill: bool, batch_size: int = 50_000) -> Iterator[pa.RecordBatch]:
+        """Point-in-time join pushed down to SQL; one output row per entity row, in input order."""
+
+    @abstractmethod
+    def latest_rows(self, layout: ViewLayout, *, after_ingested_us: int | None, until_ingested_us: int,
+                    event_from_us: int | None = None, event_to_us: int | None = None
+                    ) -> Iterator[dict[str, Any]]:
+        """Per entity, the newest row among those ingested in (after, until] (and in the event range)."""
+
+    @abstractmethod
+    def erase(self, layout: ViewLayout, key_values: dict[str, Any]) -> int:
+        """Delete every row of one entity; returns the number of rows deleted."""
+
+    @abstractmethod
+    def ingestion_runs(self, project: str, view: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Recent ingestion runs of a view with their quality reports, newest first."""
+
+
+@dataclass(frozen=True)
+class OnlineValue:
+    """A stored online row: feature values plus its event and ingestion times."""
+
+    values: dict[str, Any]
+    event_us: int
+    ingested_us: int
+
+
+class OnlineStore(ABC):
+    """Latest feature values per entity, for low-latency reads."""
+
+    @abstractmethod
+    def write(self, layout: ViewLayout, rows: Iterable[dict[str, Any]]) -> int:
+        """Write rows (keys, features, event_ts, ingested_ts); older rows never replace newer ones.
+
+        Returns how many entity records changed.
+        """
+
+    @abstractmethod
+    def read(self, requests: Sequence[tuple[ViewLayout, Sequence[tuple[Any, ...]]]]
+             ) -> list[list[OnlineValue | None]]:
+        """For each (view, entity keys) request, the stored value per entity, in one round trip."""
+
+    @abstractmethod
+    def erase(self, layout: ViewLayout, key: tuple[Any, ...]) -> int:
+        """Delete one entity's record; returns 1 if something was deleted."""

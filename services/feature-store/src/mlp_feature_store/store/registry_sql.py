@@ -1,0 +1,76 @@
+"""The definitions registry in SQL (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlp_core.db import Database
+from sqlalchemy import delete, func, select
+
+from mlp_feature_store.domain.timeutil import now_us
+from mlp_feature_store.store.base import RegistryStore, StoredDefinition
+from mlp_feature_store.store.schema import definitions
+
+
+def _row(r: Any) -> StoredDefinition:
+    return StoredDefinition(project=r.project, kind=r.kind, name=r.name, version=r.version, spec=dict(r.spec),
+                            created_us=r.created_us, updated_us=r.updated_us)
+
+
+class SqlRegistryStore(RegistryStore):
+    """Definitions in the ``fs_definitions`` table, one row per (project, kind, name, version)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get(self, project: str, kind: str, name: str, version: int | None = None) -> StoredDefinition | None:
+        """See ``RegistryStore.get``."""
+        q = select(definitions).where(definitions.c.project == project, definitions.c.kind == kind,
+                                      definitions.c.name == name)
+        q = q.where(definitions.c.version == version) if version is not None else q.order_by(
+            definitions.c.version.desc()).limit(1)
+        with self.db.session() as s:
+            r = s.execute(q).first()
+        return _row(r) if r is not None else None
+
+    def list(self, project: str | None, kind: str | None = None, latest_only: bool = True
+             ) -> list[StoredDefinition]:
+        """See ``RegistryStore.list``."""
+        q = select(definitions)
+        if project is not None:
+            q = q.where(definitions.c.project == project)
+        if kind is not None:
+            q = q.where(definitions.c.kind == kind)
+        if latest_only:
+            newest = (select(definitions.c.project, definitions.c.kind, definitions.c.name,
+                             func.max(definitions.c.version).label("v"))
+                      .group_by(definitions.c.project, definitions.c.kind, definitions.c.name).subquery())
+            q = q.join(newest, (newest.c.project == definitions.c.project) & (newest.c.kind == definitions.c.kind)
+                       & (newest.c.name == definitions.c.name) & (newest.c.v == definitions.c.version))
+        q = q.order_by(definitions.c.project, definitions.c.kind, definitions.c.name, definitions.c.version)
+        with self.db.session() as s:
+            return [_row(r) for r in s.execute(q)]
+
+    def put(self, project: str, kind: str, name: str, version: int, spec: dict[str, Any]) -> StoredDefinition:
+        """See ``RegistryStore.put``."""
+        now = now_us()
+        with self.db.session() as s:
+            existing = s.execute(select(definitions.c.id, definitions.c.created_us).where(
+                definitions.c.project == project, definitions.c.kind == kind, definitions.c.name == name,
+                definitions.c.version == version)).first()
+            if existing is None:
+                s.execute(definitions.insert().values(project=project, kind=kind, name=name, version=version,
+                                                      spec=spec, created_us=now, updated_us=now))
+                created = now
+            else:
+                s.execute(definitions.update().where(definitions.c.id == existing.id).values(
+                    spec=spec, updated_us=now))
+                created = existing.created_us
+        return StoredDefinition(project, kind, name, version, spec, created, now)
+
+    def delete(self, project: str, kind: str, name: str) -> int:
+        """See ``RegistryStore.delete``."""
+        with self.db.session() as s:
+            res = s.execute(delete(definitions).where(definitions.c.project == project,
+                                                      definitions.c.kind == kind, definitions.c.name == name))
+            return int(res.rowcount or 0)  # type: ignore[attr-defined]

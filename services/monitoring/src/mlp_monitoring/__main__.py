@@ -1,0 +1,3 @@
+from mlp_monitoring.main import main
+
+main()

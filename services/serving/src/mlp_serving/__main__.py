@@ -1,0 +1,3 @@
+from mlp_serving.main import main
+
+main()

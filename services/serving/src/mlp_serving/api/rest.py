@@ -1,0 +1,19 @@
+"""REST API of the serving service."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from mlp_core.auth import CurrentPrincipal
+from mlp_core.settings import CoreSettings
+
+
+def build_router(settings: CoreSettings) -> APIRouter:
+    """Routes under ``/api/v1/serving``; every one needs a valid token (enforced by the host)."""
+    router = APIRouter(prefix="/api/v1/serving", tags=["serving"])
+
+    @router.get("/whoami", summary="The caller as this service sees it")
+    async def whoami(principal: CurrentPrincipal) -> dict[str, object]:
+        return principal.describe() | {"service": settings.service_name}
+
+    return router

@@ -1,0 +1,3 @@
+from mlp_training.main import main
+
+main()
