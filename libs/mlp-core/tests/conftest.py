@@ -1,4 +1,6 @@
-"""Fixtures for mlp-core tests."""
+"""Shared fixtures for mlp-core tests: real PostgreSQL/Redis, and a local OIDC test issuer."""
 
-from mlp_core.testing.fixtures import any_db_url, pg_url, sqlite_url  # noqa: F401
-from mlp_core.testing.kafka import kafka_bootstrap, kafka_broker, unique_topic  # noqa: F401
+pytest_plugins = ["mlp_core.testing.fixtures", "mlp_core.testing.tokens"]
+
+# Tansu broker fixtures for the events tests (kafka_bootstrap, kafka_broker, unique_topic).
+pytest_plugins = [*pytest_plugins, "mlp_core.testing.kafka"]

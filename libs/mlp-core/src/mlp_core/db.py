@@ -19,8 +19,7 @@ class Database:
         self.url = url
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
         if url.startswith("sqlite"):
-            if ":memory:" not in url and "///" in url:
-                Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+            ensure_sqlite_folder(url)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
@@ -57,6 +56,12 @@ class Database:
         self.engine.dispose()
 
 
+def ensure_sqlite_folder(url: str) -> None:
+    """Create the folder of a SQLite file URL so the first connection can open it."""
+    if url.startswith("sqlite") and ":memory:" not in url and "///" in url:
+        Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -74,6 +79,7 @@ def migrate(database_url: str, migrations_dir: Path, *, version_table: str) -> N
     from alembic import command
     from alembic.config import Config
 
+    ensure_sqlite_folder(database_url)
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir))
     cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -68,6 +68,7 @@ class ServiceHost:
         app = FastAPI(title=self.parts.title, version=self.parts.version,
                       description=self.parts.description, lifespan=self._lifespan)
         install_problem_handlers(app)
+        app.include_router(self._whoami_router())
         for router in self.parts.routers:
             app.include_router(router)
 
@@ -95,6 +96,20 @@ class ServiceHost:
                            service=self.settings.service_name)
         _instrument_fastapi(app)
         return app
+
+    def _whoami_router(self) -> APIRouter:
+        router = APIRouter(prefix=f"/api/v1/{self.settings.service_name}", tags=["ops"])
+
+        @router.get("/whoami", summary="The caller as this service sees it (needs a valid token)")
+        async def whoami(request: Request) -> dict[str, Any]:
+            from mlp_core.auth import request_principal
+
+            principal = request_principal(request)
+            return {"service": self.settings.service_name, "subject": principal.subject,
+                    "client_id": principal.client_id, "scopes": sorted(principal.scopes),
+                    "projects": sorted(principal.projects)}
+
+        return router
 
     async def check_readiness(self) -> dict[str, str]:
         """Run every probe with a short timeout; 'ok' or the reason it failed."""

@@ -8,7 +8,6 @@ from mlp_core import bootstrap
 from mlp_core.db import Database
 from mlp_core.host import ServiceParts
 
-from mlp_serving.api.rest import build_router
 from mlp_serving.settings import ServingSettings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -16,7 +15,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 def build(settings: ServingSettings, db: Database) -> ServiceParts:
     """Wire the serving service. Its domain arrives with its own issue (see ROADMAP.md)."""
-    return ServiceParts(title="MLP model serving service", routers=[build_router(settings)])
+    return ServiceParts(title="MLP model serving service")
 
 
 def main() -> None:

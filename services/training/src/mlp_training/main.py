@@ -8,7 +8,6 @@ from mlp_core import bootstrap
 from mlp_core.db import Database
 from mlp_core.host import ServiceParts
 
-from mlp_training.api.rest import build_router
 from mlp_training.settings import TrainingSettings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -16,7 +15,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 def build(settings: TrainingSettings, db: Database) -> ServiceParts:
     """Wire the training service. Its domain arrives with its own issue (see ROADMAP.md)."""
-    return ServiceParts(title="MLP training pipelines service", routers=[build_router(settings)])
+    return ServiceParts(title="MLP training pipelines service")
 
 
 def main() -> None:

@@ -237,3 +237,74 @@ def test_issuer() -> Iterator[TestIssuer]:
     """A running ``TestIssuer`` for one test."""
     with TestIssuer() as issuer:
         yield issuer
+
+
+def bad_tokens(issuer: TestIssuer) -> dict[str, str]:
+    """A catalogue of tokens every resource server must refuse, by name (for parametrized tests).
+
+    Header URLs (``jku``, ``x5u``) point at ``<issuer>/evil/...``: a verifier that fetched them
+    would show up in ``issuer.requests``.
+    """
+    now = int(time.time())
+    attacker = generate_key("ES256")
+    alg, own = issuer.key()
+    public_pem = own.as_pem(private=False)
+    good = issuer.mint()
+    head, _, sig = good.split(".")
+    dup_header = b'{"alg":"none","typ":"at+jwt","kid":"k","alg":"%s"}' % alg.encode()
+    tampered_payload = b64url(json.dumps(issuer.claims(scope="admin", projects=["*"])).encode())
+    return {
+        "expired": issuer.mint(iat=now - 3700, nbf=now - 3700, exp=now - 3600),
+        "not_yet_valid": issuer.mint(iat=now, nbf=now + 600, exp=now + 1200),
+        "issued_in_future": issuer.mint(iat=now + 600, nbf=now, exp=now + 1200),
+        "wrong_issuer": issuer.mint(iss="https://issuer.evil.example"),
+        "issuer_trailing_slash": issuer.mint(iss=issuer.issuer + "/"),
+        "wrong_audience": issuer.mint(aud="someone-else"),
+        "audience_list_without_ours": issuer.mint(aud=["a", "b"]),
+        "alg_none": issuer.mint(header_overrides={"alg": "none"}),
+        "alg_none_with_signature": sign_compact({"alg": "none", "typ": "at+jwt", "kid": issuer.active_kid},
+                                                issuer.claims(), None) + "c2ln",
+        "hs256_with_public_key": issuer.mint(header_overrides={"alg": "HS256"}, key=public_pem),
+        "alg_swapped_in_header": b64url(json.dumps({"alg": "RS256" if alg != "RS256" else "ES256",
+                                                    "typ": "at+jwt", "kid": issuer.active_kid}).encode())
+        + good[len(head):],
+        "unknown_kid": issuer.mint(header_overrides={"kid": "no-such-key"}),
+        "missing_kid": issuer.mint(header_overrides={"kid": None}),
+        "kid_path_traversal": issuer.mint(header_overrides={"kid": "../../../../etc/passwd"}),
+        "kid_dotdot": issuer.mint(header_overrides={"kid": "..%2f..%2fkeys"}),
+        "kid_sql": issuer.mint(header_overrides={"kid": "x' OR '1'='1"}),
+        "kid_not_string": issuer.mint(header_overrides={"kid": 42}),
+        "embedded_jwk": issuer.mint(header_overrides={"kid": attacker.kid, "alg": "ES256",
+                                                      "jwk": attacker.as_dict(private=False)}, key=attacker),
+        "jku": issuer.mint(header_overrides={"jku": issuer.issuer + "/evil/jwks"}),
+        "x5u": issuer.mint(header_overrides={"x5u": issuer.issuer + "/evil/x5u"}),
+        "x5c": issuer.mint(header_overrides={"x5c": ["MIIB"]}),
+        "crit": issuer.mint(header_overrides={"crit": ["exp"]}),
+        "forged_signature": issuer.mint(key=attacker) if alg == "ES256" else issuer.mint(
+            header_overrides={"alg": "ES256"}, key=attacker),
+        "missing_typ": issuer.mint(header_overrides={"typ": None}),
+        "typ_jwt": issuer.mint(header_overrides={"typ": "JWT"}),
+        "id_token": issuer.mint(header_overrides={"typ": "JWT"}, nonce="n-0S6_WzA2Mj", scope=None),
+        "lifetime_over_max": issuer.mint(lifetime_s=3 * 24 * 3600),
+        "missing_sub": issuer.mint(omit=["sub"]),
+        "missing_client_id": issuer.mint(omit=["client_id"]),
+        "missing_exp": issuer.mint(omit=["exp"]),
+        "string_exp": issuer.mint(exp="9999999999"),
+        "tampered_payload": f"{head}.{tampered_payload}.{sig}",
+        "signature_stripped": f"{head}.{good.split('.')[1]}.",
+        "malformed_one_part": "abc",
+        "malformed_two_parts": "abc.def",
+        "malformed_four_parts": good + ".x",
+        "malformed_dots": "..",
+        "malformed_not_base64": "!!!.@@@.###",
+        "malformed_header_not_json": f"{b64url(b'not json')}.{good.split('.')[1]}.{sig}",
+        "malformed_header_array": f"{b64url(b'[1,2]')}.{good.split('.')[1]}.{sig}",
+        "malformed_duplicate_header": f"{b64url(dup_header)}.{good.split('.')[1]}.{sig}",
+        "oversized": issuer.mint(padding="x" * 10_000),
+    }
+
+
+def bad_token_names() -> list[str]:
+    """The names of ``bad_tokens`` (for ``pytest.mark.parametrize`` at import time)."""
+    with TestIssuer() as issuer:
+        return sorted(bad_tokens(issuer))

@@ -1,4 +1,4 @@
-"""Alembic environment: shared runner with this service's version table."""
+"""Alembic environment of the feature store: the shared runner with our own version table."""
 
 from mlp_core.migrations_env import run_migrations
 

@@ -4,6 +4,8 @@ Revision ID: 0001
 Revises:
 """
 
+from alembic import op
+
 from mlp_core.events import create_event_tables, drop_event_tables
 
 revision = "0001"
@@ -13,8 +15,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    create_event_tables()
+    create_event_tables(op)
 
 
 def downgrade() -> None:
-    drop_event_tables()
+    drop_event_tables(op)

@@ -1,0 +1,151 @@
+"""ServiceHost: problem+json on every error path, readiness, metrics, auth on every non-public route."""
+
+from __future__ import annotations
+
+import socket
+
+import grpc
+import httpx
+import pytest
+from fastapi import APIRouter
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import BaseModel, ConfigDict
+
+from mlp_core.errors import FailedPrecondition, NotFound
+from mlp_core.host import ServiceHost, ServiceParts
+from mlp_core.settings import CoreSettings
+from mlp_core.testing.tokens import TestIssuer
+
+
+class ThingCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    size: int
+
+
+def _router() -> APIRouter:
+    router = APIRouter(prefix="/api/v1/test")
+
+    @router.get("/missing")
+    async def missing() -> None:
+        raise NotFound("thing 'x' does not exist in project 'default'")
+
+    @router.get("/precondition")
+    async def precondition() -> None:
+        raise FailedPrecondition("alias 'champion' points at this version")
+
+    @router.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internal detail")
+
+    @router.post("/things")
+    async def create(thing: ThingCreate) -> dict[str, object]:
+        return thing.model_dump()
+
+    return router
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _host(issuer: TestIssuer, *, probes: dict | None = None, grpc_port: int = 0) -> ServiceHost:
+    settings = CoreSettings(service_name="test", oidc_issuer=issuer.issuer, grpc_port=grpc_port)
+    parts = ServiceParts(title="test", routers=[_router()], probes=probes or {})
+    return ServiceHost(settings, parts, verifier=issuer.verifier())
+
+
+@pytest.fixture
+def client(test_issuer: TestIssuer):
+    host = _host(test_issuer)
+    transport = httpx.ASGITransport(app=host.app, raise_app_exceptions=False)
+    token = test_issuer.mint(scope="features:read")
+    return httpx.AsyncClient(transport=transport, base_url="http://svc",
+                             headers={"Authorization": f"Bearer {token}"})
+
+
+async def test_domain_errors_are_problem_json(client: httpx.AsyncClient) -> None:
+    resp = await client.get("/api/v1/test/missing")
+    assert resp.status_code == 404
+    assert resp.headers["content-type"] == "application/problem+json"
+    body = resp.json()
+    assert body["type"].endswith("/not-found") and "does not exist" in body["detail"]
+    assert (await client.get("/api/v1/test/precondition")).status_code == 409
+
+
+async def test_unexpected_error_hides_details(client: httpx.AsyncClient) -> None:
+    resp = await client.get("/api/v1/test/boom")
+    assert resp.status_code == 500
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert "secret internal detail" not in resp.text and "Traceback" not in resp.text
+
+
+async def test_validation_errors_name_the_field(client: httpx.AsyncClient) -> None:
+    resp = await client.post("/api/v1/test/things", json={"name": "a", "size": "big"})
+    assert resp.status_code == 422
+    body = resp.json()
+    assert body["errors"][0]["loc"] == ["body", "size"]
+    resp = await client.post("/api/v1/test/things", json={"name": "a", "size": 1, "owner": "root"})
+    assert resp.status_code == 422, "unknown fields are refused"
+    resp = await client.post("/api/v1/test/things", content=b"{not json", headers={"content-type": "application/json"})
+    assert resp.status_code == 422
+
+
+async def test_unknown_route_is_problem_json(client: httpx.AsyncClient) -> None:
+    resp = await client.get("/api/v1/test/nope")
+    assert resp.status_code == 404 and resp.headers["content-type"] == "application/problem+json"
+
+
+async def test_public_routes_and_auth(test_issuer: TestIssuer) -> None:
+    host = _host(test_issuer)
+    transport = httpx.ASGITransport(app=host.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as anon:
+        assert (await anon.get("/healthz")).status_code == 200
+        assert (await anon.get("/openapi.json")).status_code == 200
+        assert (await anon.get("/metrics")).status_code == 200
+        refused = await anon.get("/api/v1/test/whoami")
+        assert refused.status_code == 401
+        token = test_issuer.mint(scope="registry:read features:read", projects=["a", "b"])
+        ok = await anon.get("/api/v1/test/whoami", headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200
+        assert ok.json()["projects"] == ["a", "b"]
+        metrics = (await anon.get("/metrics")).text
+        assert 'mlp_http_requests_total{method="GET",route="/api/v1/test/whoami",service="test",status="200"}' in metrics
+
+
+async def test_readyz_reports_each_failed_probe(test_issuer: TestIssuer) -> None:
+    def broken() -> None:
+        raise ConnectionError("redis down")
+
+    host = _host(test_issuer, probes={"good": lambda: None, "redis": broken})
+    transport = httpx.ASGITransport(app=host.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as anon:
+        resp = await anon.get("/readyz")
+    assert resp.status_code == 503
+    checks = resp.json()["checks"]
+    assert checks["good"] == "ok" and checks["redis"].startswith("failed: ConnectionError")
+
+
+async def test_grpc_server_has_health_and_refuses_without_token(test_issuer: TestIssuer) -> None:
+    port = _free_port()
+    host = _host(test_issuer, grpc_port=port)
+    await host.start_background()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            resp = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+            # reflection is a non-health method: served, but only with a token
+            from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            req = reflection_pb2.ServerReflectionRequest(list_services="")
+            token = test_issuer.mint()
+            responses = [r async for r in stub.ServerReflectionInfo(
+                iter([req]), metadata=[("authorization", f"Bearer {token}")])]
+            names = {s.name for s in responses[0].list_services_response.service}
+            assert "grpc.health.v1.Health" in names
+    finally:
+        await host.stop_background()
