@@ -6,18 +6,18 @@ import asyncio
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
-
 from mlp_core.broker import TansuBroker
 from mlp_core.db import Database, migrate
 from mlp_core.events import DEFAULT_TABLES, CloudEvent, EventConsumer, Outbox, OutboxRelay, to_kafka
 from mlp_core.testing.kafka import wait_until
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 pytestmark = pytest.mark.integration
 
@@ -154,7 +154,9 @@ def test_handler_failure_rolls_back_and_is_redelivered(kafka_bootstrap: str, db:
     # The offset was not committed: a new member of the group gets the event again.
     check = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
     try:
-        assert check.committed(TopicPartition(topic, 0)) is None
+        partitions = check.partitions_for_topic(topic)
+        assert partitions
+        assert all(check.committed(TopicPartition(topic, p)) is None for p in partitions)
     finally:
         check.close(autocommit=False)
 
@@ -207,20 +209,56 @@ def test_malformed_records_are_skipped_and_dead_lettered(kafka_bootstrap: str, d
     consumer.run_in_thread()
     try:
         assert wait_until(lambda: consumer.applied >= 1, 30), consumer.stats()
-        assert consumer.run_in_thread is not None
     finally:
         consumer.stop()
     assert consumer.malformed == 3
     assert [e[0] for e in effects(db)] == [good.id]
 
-    dlq = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
-    try:
-        tp = TopicPartition(f"{topic}.dlq", 0)
-        dlq.assign([tp])
-        dlq.seek_to_beginning(tp)
-        records: list[object] = []
-        wait_until(lambda: bool(records.extend(dlq.poll(500).get(tp, []))) or len(records) >= 3, 15)
-    finally:
-        dlq.close()
+    records = read_all(kafka_bootstrap, f"{topic}.dlq", expected=3)
     assert len(records) == 3
-    assert all(dict(r.headers).get("mlp-dlq-reason") for r in records)  # type: ignore[attr-defined]
+    assert all(dict(r.headers).get("mlp-dlq-reason") for r in records)
+    assert {r.value for r in records} == {b"\x00not json", b"{}",
+                                          b'{"specversion": "1.0", "source": "/x", "type": "y"}'}
+
+
+def read_all(bootstrap: str, topic: str, expected: int) -> list[Any]:
+    """Every record of every partition of ``topic`` (no group), waiting for ``expected`` of them."""
+    reader = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    records: list[Any] = []
+    try:
+        assert wait_until(lambda: bool(reader.partitions_for_topic(topic)), 10)
+        tps = [TopicPartition(topic, p) for p in reader.partitions_for_topic(topic)]
+        reader.assign(tps)
+        reader.seek_to_beginning(*tps)
+
+        def more() -> bool:
+            for batch in reader.poll(500).values():
+                records.extend(batch)
+            return len(records) >= expected
+
+        wait_until(more, 15)
+    finally:
+        reader.close()
+    return records
+
+
+def test_relay_recreates_its_producer_after_the_broker_dies(kafka_broker: TansuBroker, db: Database,
+                                                            unique_topic: Callable[[str], str]) -> None:
+    topic = unique_topic("job-queued")
+    outbox = Outbox("/mlp/training")
+    relay = OutboxRelay(db, kafka_broker.bootstrap_servers, base_backoff_s=0.1, max_backoff_s=0.2,
+                        send_timeout_s=2)
+    try:
+        with db.session() as session:
+            outbox.add(session, type=topic, subject="job/1", data={"n": 1})
+        assert relay.publish_pending() == 1
+        kafka_broker.stop()
+        with db.session() as session:
+            late = outbox.add(session, type=topic, subject="job/1", data={"n": 2})
+        assert relay.publish_pending() == 0  # the connected producer fails: no exception, no loss
+        assert relay.failed == 1 and relay.stats().pending == 1
+        kafka_broker.start()  # empty broker on the same port
+        assert wait_until(lambda: relay.publish_pending() == 1, 20), relay.stats()
+    finally:
+        relay.close()
+    assert [CloudEvent.from_json(r.value).id for r in read_all(kafka_broker.bootstrap_servers, topic, 1)] == [late.id]

@@ -9,7 +9,12 @@ from typing import Any, TypeAlias
 import grpc
 import grpc.aio
 
-from mlp_core.auth.principal import Principal, reset_current_principal, set_current_principal
+from mlp_core.auth.principal import (
+    Principal,
+    current_principal,
+    reset_current_principal,
+    set_current_principal,
+)
 from mlp_core.auth.rest import bearer_token
 from mlp_core.auth.verifier import TokenVerifier
 from mlp_core.errors import Unauthenticated
@@ -21,11 +26,11 @@ Handler: TypeAlias = "grpc.RpcMethodHandler"
 
 
 def principal_from_context(context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
-    """The caller of this RPC, read from the servicer context (fallback to ``current_principal()``)."""
+    """The caller of this RPC: bound on the context where grpc allows it, else ``current_principal()``."""
     principal = getattr(context, _PRINCIPAL_ATTR, None)
-    if not isinstance(principal, Principal):
-        raise Unauthenticated("no authenticated caller for this RPC")
-    return principal
+    if isinstance(principal, Principal):
+        return principal
+    return current_principal()
 
 
 def _bind(principal: Principal, context: Any) -> None:

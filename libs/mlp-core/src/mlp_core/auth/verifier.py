@@ -112,10 +112,10 @@ class TokenVerifier:
         parts = token.split(".")
         if len(parts) != 3:
             raise _refuse("not a compact JWS")
-        if not parts[2] or not _B64URL.match(parts[2]):
-            raise _refuse("malformed signature")
         header = _b64_json(parts[0], "header")
         alg, kid = self._check_header(header)
+        if not parts[2] or not _B64URL.match(parts[2]):
+            raise _refuse("malformed signature")
         self.check_claims(_b64_json(parts[1], "payload"))
 
         key = await self.jwks.get_key(kid)

@@ -130,7 +130,7 @@ class CloudEvent:
     def from_json(cls, text: str | bytes) -> CloudEvent:
         """Parse the CloudEvents JSON format; raises InvalidEvent for bad JSON or attributes."""
         try:
-            raw = json.loads(text)
+            raw = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidEvent(f"not valid JSON: {exc}") from exc
         return cls.from_dict(raw)

@@ -118,7 +118,7 @@ class TestIssuer:
         self._server = ThreadingHTTPServer(("127.0.0.1", self._port), self._handler_class())
         self._server.daemon_threads = True
         self._port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="test-issuer", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="test-issuer", daemon=True)
         self._thread.start()
         return self
 

@@ -5,7 +5,6 @@ Revises:
 """
 
 from alembic import op
-
 from mlp_core.events import create_event_tables, drop_event_tables
 
 revision = "0001"

@@ -121,7 +121,7 @@ class SqlOfflineStore(OfflineStore):
         with self.db.engine.connect() as conn:
             if not inspect(conn).has_table(t.name):
                 return
-            result = conn.execution_options(stream_results=True, yield_per=5_000).execute(q)
+            result = conn.execute(q, execution_options={"stream_results": True, "yield_per": 5_000})
             for r in result:
                 yield dict(r._mapping)
 
@@ -140,7 +140,7 @@ class SqlOfflineStore(OfflineStore):
             try:
                 self._load_entities(conn, e, keys, key_values, ts_us)
                 stmt = pit_query(requests, e, conn.dialect.name, no_backfill)
-                result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(stmt)
+                result = conn.execute(stmt, execution_options={"stream_results": True, "yield_per": batch_size})
                 offset = 0
                 for part in result.partitions():
                     n = len(part)

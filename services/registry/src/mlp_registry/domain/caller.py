@@ -52,3 +52,5 @@ class Actor:
     def can_access(self, project: str) -> bool:
         """Whether the actor may see ``project``."""
         return self.admin or "*" in self.projects or project in self.projects
+
+ADMIN_SCOPE = "admin"

@@ -1,0 +1,309 @@
+"""Registering versions: a draft declares its files, resumable uploads fill them, commit signs the manifest.
+
+Uploads are encrypted as they stream in, segment by segment; the durable offset only advances by
+whole segments (or to the end of the file), so a client resumes from the offset it is told. The
+file's SHA-256 runs alongside; if the process restarted in between, it is recomputed from the
+staged ciphertext. Nothing becomes visible until ``commit`` succeeds: a draft that is cut short,
+carries a wrong digest or is aborted never shows up as a registered version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mlp_core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from mlp_registry.crypto.aead import (
+    TAG_SIZE,
+    SegmentCipher,
+    binding_for,
+    new_data_key,
+    new_nonce_prefix,
+    rechunk,
+    segment_count,
+)
+from mlp_registry.domain import validation
+from mlp_registry.domain.caller import WRITE, Caller, require
+from mlp_registry.domain.context import RegistryContext, load_model, load_version, record, subject_of
+from mlp_registry.domain.errors import IntegrityCheckFailed
+from mlp_registry.crypto.keys import WrappedKey
+from mlp_registry.crypto.signing import manifest_digest
+from mlp_registry.domain.manifest import build_manifest
+from mlp_registry.domain.models import (
+    ArtifactFile,
+    FileSpec,
+    Lineage,
+    Model,
+    ModelVersion,
+    UploadSession,
+    UploadState,
+    VersionState,
+)
+from mlp_registry.store.base import MetadataTx
+
+DRAFT = frozenset({VersionState.DRAFT})
+
+
+@dataclass
+class VersionDraft:
+    """What a client declares when it starts a version; fixed from then on."""
+
+    files: list[FileSpec]
+    framework: str = "onnx"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    input_schema: dict[str, Any] = field(default_factory=dict)
+    output_schema: dict[str, Any] = field(default_factory=dict)
+    model_card: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    lineage: Lineage = field(default_factory=Lineage)
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def object_key(file_sha256: str, binding: bytes) -> str:
+    """Content address of a stored file: its plaintext SHA-256, plus a suffix for the place it is bound to."""
+    place = hashlib.sha256(binding).hexdigest()[:16]
+    return f"sha256/{file_sha256[:2]}/{file_sha256}-{place}"
+
+
+class _HashCheckpoints:
+    """Running SHA-256 states of open uploads in this process, keyed by upload id and offset."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self._items: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._capacity = capacity
+
+    def take(self, upload_id: str, offset: int) -> Any | None:
+        with self._lock:
+            item = self._items.pop(upload_id, None)
+        return item[1] if item and item[0] == offset else None
+
+    def put(self, upload_id: str, offset: int, state: Any) -> None:
+        with self._lock:
+            self._items[upload_id] = (offset, state)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+
+class VersionUploads:
+    """Drafts, resumable file uploads and the commit that registers a signed version."""
+
+    def __init__(self, ctx: RegistryContext) -> None:
+        self.ctx = ctx
+        self._hashes = _HashCheckpoints()
+
+    def create_draft(self, caller: Caller, project: str, model_name: str, draft: VersionDraft,
+                     ) -> tuple[ModelVersion, list[UploadSession]]:
+        """Reserve the next version number and open one upload session per declared file."""
+        require(caller, WRITE)
+        validation.files(draft.files)
+        metrics = validation.metrics(draft.metrics)
+        tags = validation.tags(draft.tags)
+        if not draft.framework or len(draft.framework) > 64:
+            raise InvalidArgument("framework must be 1-64 characters, e.g. 'onnx' or 'pytorch'")
+        now = self.ctx.clock()
+        with self.ctx.store.transaction() as tx:
+            model = load_model(tx, caller, project, model_name)
+            version = ModelVersion(
+                id=str(uuid.uuid4()), model_id=model.id, number=tx.next_version_number(model.id),
+                state=VersionState.DRAFT, framework=draft.framework, metrics=metrics, params=draft.params,
+                input_schema=draft.input_schema, output_schema=draft.output_schema, model_card=draft.model_card,
+                attributes=draft.attributes, lineage=draft.lineage, description=draft.description, tags=tags,
+                metadata_revision=1, created_by=caller.subject, created_at=now)
+            files = [self._new_file(model, version, spec) for spec in draft.files]
+            tx.insert_version(version, files)
+            uploads = [UploadSession(id=uuid.uuid4().hex, version_id=version.id, path=s.path, size=s.size,
+                                     sha256=s.sha256, offset=0, state=UploadState.OPEN, updated_at=now)
+                       for s in draft.files]
+            for upload in uploads:
+                tx.insert_upload(upload)
+            record(self.ctx, tx, caller, "version.draft-created", model, subject_of(model, version),
+                   {"version": version.number, "files": [asdict(s) for s in draft.files]})
+        return version, uploads
+
+    def _new_file(self, model: Model, version: ModelVersion, spec: FileSpec) -> ArtifactFile:
+        binding = binding_for(model.id, version.id, spec.path)
+        wrapped = self.ctx.keys.wrap(new_data_key(), binding)
+        return ArtifactFile(version_id=version.id, path=spec.path, size=spec.size, sha256=spec.sha256,
+                            object_key=object_key(spec.sha256, binding), key_id=wrapped.key_id,
+                            key_version=wrapped.key_version, wrapped_key=wrapped.ciphertext,
+                            nonce_prefix=new_nonce_prefix(), segment_size=self.ctx.segment_size)
+
+    def _load_upload(self, tx: MetadataTx, caller: Caller, upload_id: str, *, for_update: bool = False,
+                     ) -> tuple[UploadSession, Model, ModelVersion, ArtifactFile]:
+        upload = tx.get_upload(upload_id, for_update=for_update)
+        version = tx.get_version_by_id(upload.version_id) if upload else None
+        model = tx.get_model_by_id(version.model_id) if version else None
+        if upload is None or version is None or model is None or not caller.can_access(model.project):
+            raise NotFound(f"upload {upload_id!r} does not exist or is not visible to you")
+        file = next((f for f in tx.list_files(version.id) if f.path == upload.path), None)
+        if file is None or version.state is not VersionState.DRAFT:
+            raise FailedPrecondition(f"upload {upload_id!r} belongs to a version that is no longer a draft")
+        return upload, model, version, file
+
+    def get_upload(self, caller: Caller, upload_id: str) -> UploadSession:
+        """An upload session, with the offset to resume from."""
+        with self.ctx.store.transaction() as tx:
+            upload, *_ = self._load_upload(tx, caller, upload_id)
+        return upload
+
+    def _cipher(self, model: Model, version: ModelVersion, file: ArtifactFile) -> SegmentCipher:
+        binding = binding_for(model.id, version.id, file.path)
+        key = self.ctx.keys.unwrap(WrappedKey(file.key_id, file.key_version, file.wrapped_key), binding)
+        return SegmentCipher(key, file.nonce_prefix, binding, file.segment_size)
+
+    def _hash_at(self, upload: UploadSession, cipher: SegmentCipher) -> Any:
+        state = self._hashes.take(upload.id, upload.offset)
+        if state is not None:
+            return state
+        state = hashlib.sha256()
+        count = upload.offset // cipher.segment_size
+        last = segment_count(upload.size, cipher.segment_size) - 1
+        staged = self.ctx.artifacts.read_staging(upload.id, cipher.segment_size + TAG_SIZE) if count else iter(())
+        for index, piece in zip(range(count), rechunk(staged, cipher.segment_size + TAG_SIZE), strict=False):
+            state.update(cipher.open(index, piece, index == last))
+        return state
+
+    def write(self, caller: Caller, upload_id: str, offset: int, chunks: Iterable[bytes]) -> UploadSession:
+        """Append plaintext at ``offset`` (encrypting as it streams); returns the session with the durable offset.
+
+        A stream that stops mid-segment keeps only its whole segments; resume from the returned offset.
+        When the last byte arrives the SHA-256 is compared with the declared one: a mismatch resets the
+        upload and raises ``InvalidArgument``.
+        """
+        require(caller, WRITE)
+        with self.ctx.store.transaction() as tx:
+            upload, model, version, file = self._load_upload(tx, caller, upload_id)
+        if upload.state is not UploadState.OPEN:
+            raise FailedPrecondition(f"upload {upload_id} is {upload.state.value}; nothing more to send")
+        if offset != upload.offset:
+            raise Conflict(f"upload {upload_id} is at offset {upload.offset}, not {offset}; resume from there",
+                           headers={"Upload-Offset": str(upload.offset)})
+        cipher = self._cipher(model, version, file)
+        seg = cipher.segment_size
+        staged_end = (offset // seg) * (seg + TAG_SIZE)
+        if self.ctx.artifacts.staging_size(upload_id) < staged_end:
+            self._reset(upload_id)
+            raise Conflict(f"the staged bytes of upload {upload_id} were lost; restart from offset 0",
+                           headers={"Upload-Offset": "0"})
+        hasher = self._hash_at(upload, cipher)
+        written = [0]
+        try:
+            self.ctx.artifacts.append_staging(
+                upload_id, staged_end, self._seal(cipher, upload, offset, chunks, hasher, written))
+        except BaseException:
+            self._hashes.take(upload_id, -1)
+            raise
+        new_offset = offset + written[0]
+        return self._advance(caller, upload, offset, new_offset, hasher)
+
+    def _seal(self, cipher: SegmentCipher, upload: UploadSession, offset: int, chunks: Iterable[bytes],
+              hasher: Any, written: list[int]) -> Iterator[bytes]:
+        seg = cipher.segment_size
+        last = segment_count(upload.size, seg) - 1
+        index = offset // seg
+        if upload.size == 0:
+            written[0] = 0
+            yield cipher.seal(0, b"", True)
+            return
+        for piece in rechunk(_limited(chunks, upload.size - offset, upload.path), seg):
+            expected = seg if index < last else upload.size - last * seg
+            if len(piece) != expected:
+                return  # a partial segment at the end of a cut stream is not kept
+            hasher.update(piece)
+            yield cipher.seal(index, piece, index == last)
+            written[0] += len(piece)
+            index += 1
+
+    def _advance(self, caller: Caller, upload: UploadSession, offset: int, new_offset: int, hasher: Any,
+                 ) -> UploadSession:
+        digest_error = None
+        with self.ctx.store.transaction() as tx:
+            current, model, version, file = self._load_upload(tx, caller, upload.id, for_update=True)
+            if current.offset != offset or current.state is not UploadState.OPEN:
+                raise Conflict(f"upload {upload.id} was changed concurrently; GET it and resume")
+            current.offset, current.updated_at = new_offset, self.ctx.clock()
+            if new_offset == current.size:
+                if hasher.hexdigest() != current.sha256:
+                    digest_error = hasher.hexdigest()
+                    current.offset = 0
+                else:
+                    self.ctx.artifacts.promote(upload.id, file.object_key)
+                    current.state = UploadState.COMPLETE
+            tx.update_upload(current)
+        if digest_error is not None:
+            self.ctx.artifacts.discard_staging(upload.id)
+            raise InvalidArgument(
+                f"file {upload.path!r}: the uploaded bytes have SHA-256 {digest_error} but {upload.sha256} was "
+                "declared; the upload was reset to offset 0, send the right file")
+        if current.state is UploadState.OPEN:
+            self._hashes.put(upload.id, new_offset, hasher)
+        return current
+
+    def _reset(self, upload_id: str) -> None:
+        self.ctx.artifacts.discard_staging(upload_id)
+        with self.ctx.store.transaction() as tx:
+            upload = tx.get_upload(upload_id, for_update=True)
+            if upload is not None:
+                upload.offset, upload.updated_at = 0, self.ctx.clock()
+                tx.update_upload(upload)
+
+    def commit(self, caller: Caller, project: str, model_name: str, number: int) -> ModelVersion:
+        """Register a draft whose files are all uploaded: sign its manifest and make it visible."""
+        require(caller, WRITE)
+        with self.ctx.store.transaction() as tx:
+            model = load_model(tx, caller, project, model_name)
+            version = load_version(tx, model, number, DRAFT)
+            pending = [f"{u.path} ({u.offset}/{u.size} bytes)" for u in tx.list_uploads(version.id)
+                       if u.state is not UploadState.COMPLETE]
+            if pending:
+                raise FailedPrecondition(f"version {number} cannot be registered: uploads incomplete: "
+                                         + ", ".join(pending))
+            files = tx.list_files(version.id)
+            for f in files:
+                if not self.ctx.artifacts.exists(f.object_key):
+                    raise IntegrityCheckFailed(f"stored object of {f.path!r} is missing; upload it again")
+            manifest = build_manifest(model, version, files)
+            version.signature = self.ctx.signer.sign(manifest)
+            version.manifest_digest = manifest_digest(manifest)
+            version.state, version.registered_at = VersionState.REGISTERED, self.ctx.clock()
+            tx.update_version(version)
+            tx.upsert_signing_key(self.ctx.signer.key_id, self.ctx.signer.public_pem, self.ctx.clock())
+            record(self.ctx, tx, caller, "version.registered", model, subject_of(model, version),
+                   {"version": version.number, "version_id": version.id,
+                    "manifest_digest": version.manifest_digest, "signing_key_id": self.ctx.signer.key_id},
+                   event="version-registered")
+        return version
+
+    def abort(self, caller: Caller, project: str, model_name: str, number: int) -> None:
+        """Drop a draft: its uploads stop, its staged and stored bytes become garbage."""
+        require(caller, WRITE)
+        with self.ctx.store.transaction() as tx:
+            model = load_model(tx, caller, project, model_name)
+            version = load_version(tx, model, number, DRAFT)
+            uploads = tx.list_uploads(version.id)
+            for upload in uploads:
+                upload.state, upload.updated_at = UploadState.ABORTED, self.ctx.clock()
+                tx.update_upload(upload)
+            tx.delete_files(version.id)
+            version.state = VersionState.DELETED
+            tx.update_version(version)
+            record(self.ctx, tx, caller, "version.draft-aborted", model, subject_of(model, version),
+                   {"version": number})
+        for upload in uploads:
+            self.ctx.artifacts.discard_staging(upload.id)
+
+
+def _limited(chunks: Iterable[bytes], remaining: int, path: str) -> Iterator[bytes]:
+    for chunk in chunks:
+        remaining -= len(chunk)
+        if remaining < 0:
+            raise InvalidArgument(f"file {path!r}: more bytes were sent than the declared size")
+        yield chunk
