@@ -7,7 +7,6 @@ from pathlib import Path
 from mlp_core import bootstrap
 from mlp_core.db import Database
 from mlp_core.host import ServiceParts
-
 from mlp_gateway.proxy import Forwarder, build_proxy_router
 from mlp_gateway.settings import GatewaySettings
 

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -130,7 +131,7 @@ class Launcher:
                 self._ensure_service(spec, platform, clients)
             for spec in (*SERVICES, GATEWAY):
                 status.update(f"waiting for {spec.name}")
-                _wait(spec.name, lambda s=spec: _http_ok(f"{s.base_url}/readyz"), 90)
+                _wait(spec.name, partial(_http_ok, f"{spec.base_url}/readyz"), 90)
                 console.print(f"[green]✔[/] {spec.name} ready on :{spec.http_port} (gRPC :{spec.grpc_port})")
         return platform
 
@@ -240,7 +241,7 @@ class Launcher:
         ]
         for spec in (*SERVICES, GATEWAY):
             comps.append((spec.name, f"http :{spec.http_port}  grpc :{spec.grpc_port}",
-                          lambda s=spec: _http_ok(f"{s.base_url}/readyz")))
+                          partial(_http_ok, f"{spec.base_url}/readyz")))
         return comps
 
     def print_status(self) -> bool:

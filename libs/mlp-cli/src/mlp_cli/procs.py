@@ -30,7 +30,7 @@ class ProcessTable:
 
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None) -> int:
         """Start ``argv`` in its own session (so the whole group can be stopped) and record its pid."""
-        log = open(self.log_file(name), "ab")  # noqa: SIM115 - handed to the child
+        log = open(self.log_file(name), "ab")
         proc = subprocess.Popen(  # noqa: S603 - argv is built by the launcher, not from user input
             list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=dict(env), cwd=cwd, start_new_session=True)

@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from mlp_core.db import Database, migrate
-from mlp_core.host import ServiceHost, ServiceParts, setup_process, tcp_probe
+from mlp_core.host import Probe, ServiceHost, ServiceParts, setup_process, tcp_probe
 from mlp_core.settings import CoreSettings
 
 S = TypeVar("S", bound=CoreSettings)
 
 
-def standard_probes(settings: CoreSettings, db: Database) -> dict[str, Callable[[], None]]:
+def standard_probes(settings: CoreSettings, db: Database) -> dict[str, Probe]:
     """Database and Kafka probes that every service's /readyz runs."""
-    probes: dict[str, Callable[[], None]] = {"database": db.ping}
+    probes: dict[str, Probe] = {"database": db.ping}
     if settings.kafka_servers:
         probes["kafka"] = tcp_probe(settings.kafka_servers[0])
     return probes

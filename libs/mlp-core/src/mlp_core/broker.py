@@ -77,6 +77,9 @@ class TansuBroker:
         """Spawn the broker and block until it answers a metadata request (or raise BrokerError)."""
         if self.running:
             return
+        if _listening(self.host, self.port):
+            # Otherwise the readiness probe would talk to whatever already owns the port.
+            raise BrokerError(f"port {self.port} on {self.host} is already in use")
         url = f"tcp://{self.host}:{self.port}"
         cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url]
         if self.log_path is not None:
@@ -139,6 +142,12 @@ class TansuBroker:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
 
 
 def _probe(bootstrap: str) -> None:

@@ -158,7 +158,7 @@ class ServiceHost:
         """Stop background tasks and the gRPC server."""
         self._stop.set()
         if self._tasks:
-            done, pending = await asyncio.wait(self._tasks, timeout=5.0)
+            _done, pending = await asyncio.wait(self._tasks, timeout=5.0)
             for t in pending:
                 t.cancel()
             self._tasks.clear()

@@ -29,7 +29,7 @@ class CoreSettings(BaseSettings):
     oidc_issuer: str = "http://127.0.0.1:8080"
     oidc_audience: str = "mlp"
     oidc_client_id: str = ""
-    oidc_client_secret: str = "local-dev-secret"
+    oidc_client_secret: str = "local-dev-secret"  # noqa: S105 - refused outside local mode
     oidc_max_token_lifetime_s: int = 3600
     oidc_leeway_s: int = 30
     triton_url: str = ""

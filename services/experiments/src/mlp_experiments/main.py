@@ -7,7 +7,6 @@ from pathlib import Path
 from mlp_core import bootstrap
 from mlp_core.db import Database
 from mlp_core.host import ServiceParts
-
 from mlp_experiments.settings import ExperimentsSettings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"

@@ -144,9 +144,9 @@ class OnlineStore(ABC):
         """
 
     @abstractmethod
-    def read(self, requests: Sequence[tuple[ViewLayout, Sequence[tuple[Any, ...]]]]
+    def read(self, requests: Sequence[tuple[ViewLayout, Sequence[str], Sequence[tuple[Any, ...]]]]
              ) -> list[list[OnlineValue | None]]:
-        """For each (view, entity keys) request, the stored value per entity, in one round trip."""
+        """For each (view, features, entity keys) request, the stored value per entity, in one round trip."""
 
     @abstractmethod
     def erase(self, layout: ViewLayout, key: tuple[Any, ...]) -> int:

@@ -20,6 +20,11 @@ class Caller(Protocol):
         """Stable id of the user or service."""
         ...
 
+    @property
+    def projects(self) -> frozenset[str]:
+        """Projects named in the token."""
+        ...
+
     def has_scope(self, scope: str) -> bool:
         """Whether the caller holds ``scope``."""
         ...

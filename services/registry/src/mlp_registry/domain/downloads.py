@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlp_core.errors import NotFound
+
 from mlp_registry.crypto.aead import TAG_SIZE, SegmentCipher, binding_for, decrypt_segments
 from mlp_registry.crypto.keys import WrappedKey
 from mlp_registry.domain.caller import ADMIN_SCOPE, READ, Caller, require
@@ -93,7 +94,7 @@ class VersionDownloads:
 
     def verify(self, caller: Caller, project: str, model_name: str, number: int) -> dict[str, Any]:
         """Read every file of a version end to end and report; raises on the first problem."""
-        model, version, files, manifest = self._checked(caller, project, model_name, number)
+        model, version, files, _manifest = self._checked(caller, project, model_name, number)
         for file in files:
             for _ in self._plaintext(self._cipher(model, version, file), file):
                 pass

@@ -6,7 +6,13 @@ import hashlib
 from dataclasses import asdict
 from typing import Any
 
-from mlp_registry.crypto.signing import SignatureError, canonical_json, load_public_key, manifest_digest, verify_envelope
+from mlp_registry.crypto.signing import (
+    SignatureError,
+    canonical_json,
+    load_public_key,
+    manifest_digest,
+    verify_envelope,
+)
 from mlp_registry.domain.errors import IntegrityCheckFailed
 from mlp_registry.domain.models import ArtifactFile, Model, ModelVersion
 

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from mlp_core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+
 from mlp_registry.domain import validation
 from mlp_registry.domain.caller import APPROVE, READ, WRITE, Caller, require
 from mlp_registry.domain.context import RegistryContext, load_model, load_version, record, subject_of
@@ -168,7 +169,7 @@ class Releases:
     def approve(self, caller: Caller, cr_id: str, comment: str = "") -> ChangeRequest:
         """Approve an open request (``registry:approve``; not the requester, except for rollbacks)."""
         require(caller, APPROVE)
-        expired = False
+        blocked: list[CheckResult] = []
         with self.ctx.store.transaction() as tx:
             cr, model, version = self._load(tx, caller, cr_id)
             expired = self._expire_if_due(tx, caller, cr, model)

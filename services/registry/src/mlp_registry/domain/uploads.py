@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlp_core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+
 from mlp_registry.crypto.aead import (
     TAG_SIZE,
     SegmentCipher,
@@ -27,12 +28,12 @@ from mlp_registry.crypto.aead import (
     rechunk,
     segment_count,
 )
+from mlp_registry.crypto.keys import WrappedKey
+from mlp_registry.crypto.signing import manifest_digest
 from mlp_registry.domain import validation
 from mlp_registry.domain.caller import WRITE, Caller, require
 from mlp_registry.domain.context import RegistryContext, load_model, load_version, record, subject_of
 from mlp_registry.domain.errors import IntegrityCheckFailed
-from mlp_registry.crypto.keys import WrappedKey
-from mlp_registry.crypto.signing import manifest_digest
 from mlp_registry.domain.manifest import build_manifest
 from mlp_registry.domain.models import (
     ArtifactFile,
@@ -226,7 +227,7 @@ class VersionUploads:
                  ) -> UploadSession:
         digest_error = None
         with self.ctx.store.transaction() as tx:
-            current, model, version, file = self._load_upload(tx, caller, upload.id, for_update=True)
+            current, _model, _version, file = self._load_upload(tx, caller, upload.id, for_update=True)
             if current.offset != offset or current.state is not UploadState.OPEN:
                 raise Conflict(f"upload {upload.id} was changed concurrently; GET it and resume")
             current.offset, current.updated_at = new_offset, self.ctx.clock()

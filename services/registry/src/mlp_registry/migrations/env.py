@@ -1,4 +1,4 @@
-"""Alembic environment: shared runner with this service's version table."""
+"""Alembic environment of the registry: the shared runner with the registry's version table."""
 
 from mlp_core.migrations_env import run_migrations
 

@@ -2,15 +2,19 @@
 
 Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}
+Create Date: ${create_date}
 """
-from alembic import op
+
+from __future__ import annotations
+
 import sqlalchemy as sa
+from alembic import op
 ${imports if imports else ""}
 
 revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}
-branch_labels = None
-depends_on = None
+branch_labels = ${repr(branch_labels)}
+depends_on = ${repr(depends_on)}
 
 
 def upgrade() -> None:

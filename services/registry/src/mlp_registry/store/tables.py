@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlp_core.events.tables import event_tables
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -18,8 +19,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-
-from mlp_core.events.tables import event_tables
 
 metadata = MetaData()
 _Id = BigInteger().with_variant(Integer(), "sqlite")
