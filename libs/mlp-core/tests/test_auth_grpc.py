@@ -121,7 +121,10 @@ async def test_bad_token_refused(channel: grpc.aio.Channel, test_issuer: TestIss
     token = bad_tokens(test_issuer)[name]
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await channel.unary_unary(f"/{SERVICE}/UnaryUnary")(b"x", metadata=md(token))
-    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    allowed = {grpc.StatusCode.UNAUTHENTICATED}
+    if name == "oversized":  # grpc core may refuse metadata over its 8 KiB soft limit before we see it
+        allowed.add(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert info.value.code() in allowed
     assert token not in (info.value.details() or "")
     assert not [p for p in test_issuer.requests if p.startswith("/evil")]
 

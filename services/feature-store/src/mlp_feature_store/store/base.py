@@ -101,8 +101,12 @@ class OfflineStore(ABC):
 
     @abstractmethod
     def write(self, layout: ViewLayout, batches: Iterable[PreparedBatch], result: IngestResult,
-              source: str) -> IngestResult:
-        """Append good rows and quarantine bad ones in ONE transaction, with the ingestion run record."""
+              source: str, receipt: str | None = None) -> IngestResult | None:
+        """Append good rows and quarantine bad ones in ONE transaction, with the ingestion run record.
+
+        ``receipt``: an event id recorded in the same transaction; if it was recorded before, nothing is
+        written and None is returned (idempotent push ingestion).
+        """
 
     @abstractmethod
     def historical(self, requests: Sequence[PitRequest], entity_rows: pa.Table, ts_column: str,
@@ -117,7 +121,7 @@ class OfflineStore(ABC):
 
     @abstractmethod
     def erase(self, layout: ViewLayout, key_values: dict[str, Any]) -> int:
-        """Delete every row of one entity; returns the number of rows deleted."""
+        """Delete every row whose keys match ``key_values`` (a subset of the view's keys)."""
 
     @abstractmethod
     def ingestion_runs(self, project: str, view: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -149,5 +153,38 @@ class OnlineStore(ABC):
         """For each (view, features, entity keys) request, the stored value per entity, in one round trip."""
 
     @abstractmethod
-    def erase(self, layout: ViewLayout, key: tuple[Any, ...]) -> int:
-        """Delete one entity's record; returns 1 if something was deleted."""
+    def erase(self, layout: ViewLayout, key_values: dict[str, Any]) -> int:
+        """Delete the records whose keys match ``key_values`` (a subset of the view's keys)."""
+
+
+class RunStore(ABC):
+    """Materialization watermarks and runs, lineage links and the erasure audit (service database)."""
+
+    @abstractmethod
+    def watermark(self, project: str, view: str, version: int) -> int | None:
+        """The ingestion-time watermark (µs) up to which the view was materialized incrementally."""
+
+    @abstractmethod
+    def record_materialization(self, run: dict[str, Any], new_watermark: int | None) -> None:
+        """Store a run and, for incremental runs, move the watermark, in one transaction."""
+
+    @abstractmethod
+    def materializations(self, project: str, view: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Recent runs of a view, newest first."""
+
+    @abstractmethod
+    def record_erasure(self, record: dict[str, Any]) -> None:
+        """Append an erasure audit record."""
+
+    @abstractmethod
+    def erasures(self, project: str) -> list[dict[str, Any]]:
+        """Erasure audit records of a project, oldest first."""
+
+    @abstractmethod
+    def link(self, project: str, feature_service: str, consumer_kind: str, consumer_ref: str,
+             event_id: str | None) -> bool:
+        """Record that a training run or model version used a feature service (False if known)."""
+
+    @abstractmethod
+    def links(self, project: str, feature_service: str | None = None) -> list[dict[str, Any]]:
+        """Lineage links of a project (optionally of one feature service)."""

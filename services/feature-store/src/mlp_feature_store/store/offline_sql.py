@@ -18,7 +18,7 @@ from mlp_feature_store.store.arrow_types import to_arrow
 from mlp_feature_store.store.base import IngestResult, OfflineStore, PitRequest, PreparedBatch, ViewLayout
 from mlp_feature_store.store.offline_tables import feat_col, key_col, view_table
 from mlp_feature_store.store.pit import entity_table, pit_query
-from mlp_feature_store.store.schema import ingestion_runs, quarantine
+from mlp_feature_store.store.schema import ingestion_runs, push_receipts, quarantine
 
 _LOAD_CHUNK = 10_000
 
@@ -47,11 +47,18 @@ class SqlOfflineStore(OfflineStore):
     # -- writes ------------------------------------------------------------------------------
 
     def write(self, layout: ViewLayout, batches: Iterable[PreparedBatch], result: IngestResult,
-              source: str) -> IngestResult:
+              source: str, receipt: str | None = None) -> IngestResult | None:
         """See ``OfflineStore.write``; everything happens in one transaction."""
         table = view_table(layout)
         failures: dict[str, int] = {}
         with self.db.engine.begin() as conn:
+            if receipt is not None:
+                seen = conn.execute(select(push_receipts.c.event_id).where(
+                    push_receipts.c.event_id == receipt).with_for_update()).first()
+                if seen is not None:
+                    return None
+                # A concurrent duplicate fails here on the primary key and rolls back everything.
+                conn.execute(push_receipts.insert().values(event_id=receipt, received_us=result.ingested_us))
             for batch in batches:
                 result.rows_in += len(batch.good) + len(batch.bad)
                 if batch.good:
@@ -83,7 +90,7 @@ class SqlOfflineStore(OfflineStore):
             if not inspect(conn).has_table(table.name):
                 return 0
             res = conn.execute(delete(table).where(
-                *[table.c[key_col(k)] == key_values[k] for k in layout.key_names]))
+                *[table.c[key_col(k)] == v for k, v in key_values.items()]))
             return int(res.rowcount or 0)
 
     # -- reads -------------------------------------------------------------------------------

@@ -92,6 +92,17 @@ class RedisOnlineStore(OnlineStore):
             out.append(values)
         return out
 
-    def erase(self, layout: ViewLayout, key: tuple[Any, ...]) -> int:
-        """See ``OnlineStore.erase``."""
-        return int(self.client.delete(entity_key(layout, key)))
+    def erase(self, layout: ViewLayout, key_values: dict[str, Any]) -> int:
+        """See ``OnlineStore.erase``; a partial key scans the view's records."""
+        names = layout.key_names
+        if set(key_values) == set(names):
+            return int(self.client.delete(entity_key(layout, [key_values[k] for k in names])))
+        v = layout.view
+        prefix = f"fs:{layout.project}:{v.name}:v{v.version}:"
+        deleted = 0
+        for raw in self.client.scan_iter(match=prefix.replace("[", "\\[") + "*", count=1000):
+            key = raw.decode() if isinstance(raw, bytes) else raw
+            values = dict(zip(names, json.loads(key[len(prefix):]), strict=True))
+            if all(values.get(k) == val for k, val in key_values.items()):
+                deleted += int(self.client.delete(key))
+        return deleted
