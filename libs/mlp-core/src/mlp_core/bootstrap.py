@@ -35,6 +35,7 @@ def build_host(settings: S, migrations_dir: Path, build: Callable[[S, Database],
     url = settings.resolved_database_url
     migrate(url, migrations_dir, version_table=f"alembic_version_{settings.service_name.replace('-', '_')}")
     db = Database(url)
+    _instrument_sqlalchemy(db)
     parts = build(settings, db)
     parts.probes = {**standard_probes(settings, db), **parts.probes}
     background = list(parts.background)
@@ -49,6 +50,13 @@ def build_host(settings: S, migrations_dir: Path, build: Callable[[S, Database],
     parts.background = background
     parts.on_shutdown = [*parts.on_shutdown, db.dispose]
     return ServiceHost(settings, parts, registry=registry)
+
+
+def _instrument_sqlalchemy(db: Database) -> None:
+    """Trace every statement as a child span of the request that ran it."""
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    SQLAlchemyInstrumentor().instrument(engine=db.engine, enable_commenter=False)
 
 
 class RelayCollector(Collector):
