@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from mlp_core.db import Database
 
+from mlp_core.db import Database
 from mlp_feature_store.store.migrate import migrate_database
 
 pytest_plugins = ["mlp_core.testing.fixtures"]
@@ -36,3 +36,44 @@ def db(any_db_url: str) -> Iterator[Database]:
     database = Database(any_db_url)
     yield database
     database.dispose()
+
+
+@pytest.fixture
+def fs(db: Database, redis_url: str):  # type: ignore[no-untyped-def]
+    """A FeatureStoreService on a real database and Redis, with one region 'default' and a recorder."""
+    from mlp_feature_store.domain.events import RecordingPublisher
+    from mlp_feature_store.domain.regions import Regions, RegionStores
+    from mlp_feature_store.domain.service import FeatureStoreService
+    from mlp_feature_store.domain.transforms import TransformRegistry
+    from mlp_feature_store.store.offline_sql import SqlOfflineStore
+    from mlp_feature_store.store.online_redis import RedisOnlineStore
+    from mlp_feature_store.store.registry_sql import SqlRegistryStore
+    from mlp_feature_store.store.runs_sql import SqlRunStore
+
+    transforms = TransformRegistry()
+    transforms.register("ratio", lambda cols: {"ratio": [
+        None if a is None or not b else a / b for a, b in zip(cols["stats:clicks"], cols["stats:views"])]})
+    online = RedisOnlineStore.from_url(redis_url)
+    regions = Regions({"default": RegionStores(SqlOfflineStore(db), online)})
+    events = RecordingPublisher()
+    service = FeatureStoreService.build(SqlRegistryStore(db), SqlRunStore(db), regions, events, transforms,
+                                        settle_s=0)
+    service.events = events  # type: ignore[attr-defined]
+    yield service
+    online.client.close()
+
+
+USER = {"name": "user", "join_keys": [{"name": "user_id", "dtype": "string"}]}
+STATS = {
+    "name": "stats", "entities": ["user"], "ttl_seconds": 3600, "owner": "team-a", "tags": {"domain": "ads"},
+    "features": [{"name": "clicks", "dtype": "int64"}, {"name": "views", "dtype": "int64"},
+                 {"name": "email", "dtype": "string", "pii": True}],
+    "expectations": [{"kind": "range", "feature": "clicks", "min": 0}],
+}
+
+
+@pytest.fixture
+def applied(fs):  # type: ignore[no-untyped-def]
+    """The user entity and the stats view applied in project p1."""
+    fs.registry.apply(Caller(), "p1", [("entity", USER), ("feature_view", STATS)])
+    return fs

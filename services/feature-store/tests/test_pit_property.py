@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mlp_core.db import Database
 
+from mlp_core.db import Database
 from mlp_feature_store.domain.models import Feature, FeatureView, JoinKey, ValueType
 from mlp_feature_store.store.base import IngestResult, PitRequest, PreparedBatch, ViewLayout
 from mlp_feature_store.store.offline_sql import SqlOfflineStore

@@ -30,8 +30,11 @@ def standard_probes(settings: CoreSettings, db: Database) -> dict[str, Probe]:
 
 
 def build_host(settings: S, migrations_dir: Path, build: Callable[[S, Database], ServiceParts],
-               *, with_outbox_relay: bool = True) -> ServiceHost:
-    """Migrate the service's database, build its parts, and add the standard probes and relay."""
+               *, with_outbox_relay: bool = True, verifier: Any | None = None) -> ServiceHost:
+    """Migrate the service's database, build its parts, and add the standard probes and relay.
+
+    ``verifier`` replaces the token verifier built from settings (the gateway shares one with its guard).
+    """
     url = settings.resolved_database_url
     migrate(url, migrations_dir, version_table=f"alembic_version_{settings.service_name.replace('-', '_')}")
     db = Database(url)

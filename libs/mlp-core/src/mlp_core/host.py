@@ -44,6 +44,11 @@ class ServiceParts:
     background: Sequence[BackgroundTask] = ()
     on_shutdown: Sequence[Callable[[], Any]] = ()
     public_paths: Sequence[str] = PUBLIC_PATHS
+    #: Replaces the standard ``AuthMiddleware``: called as ``factory(app, verifier=..., public_paths=...)``
+    #: (the gateway's guard adds DPoP, RBAC, limits and audit); ``None`` keeps the standard one.
+    rest_auth_middleware: Callable[..., Any] | None = None
+    #: Replaces the standard ``AuthInterceptor(verifier)`` on the gRPC server; ``None`` keeps it.
+    grpc_auth_interceptor: grpc.aio.ServerInterceptor | None = None
 
 
 class ServiceHost:
@@ -90,8 +95,8 @@ class ServiceHost:
         if self.verifier is not None:
             from mlp_core.auth import AuthMiddleware
 
-            app.add_middleware(AuthMiddleware, verifier=self.verifier,
-                               public_paths=tuple(self.parts.public_paths))
+            app.add_middleware(self.parts.rest_auth_middleware or AuthMiddleware,  # type: ignore[arg-type]
+                               verifier=self.verifier, public_paths=tuple(self.parts.public_paths))
         app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(self.registry),
                            service=self.settings.service_name)
         _instrument_fastapi(app)
@@ -143,7 +148,7 @@ class ServiceHost:
         if self.verifier is not None:
             from mlp_core.auth import AuthInterceptor
 
-            interceptors.insert(0, AuthInterceptor(self.verifier))
+            interceptors.insert(0, self.parts.grpc_auth_interceptor or AuthInterceptor(self.verifier))
         interceptors[1:1] = self.extra_interceptors
         if self.settings.grpc_port:
             _instrument_grpc()

@@ -13,8 +13,8 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
-from mlp_core.errors import InvalidArgument
 
+from mlp_core.errors import InvalidArgument
 from mlp_feature_store.domain.models import ExpectationKind, FeatureView, ValueType
 from mlp_feature_store.domain.timeutil import parse_ts, to_us
 from mlp_feature_store.store.base import PreparedBatch, ViewLayout

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
-from mlp_core.errors import InvalidArgument
 
+from mlp_core.errors import InvalidArgument
 from mlp_feature_store.domain.access import WRITE, Caller, authorize
 from mlp_feature_store.domain.events import INGESTION_COMPLETED, QUALITY_FAILED, EventPublisher
 from mlp_feature_store.domain.ingest import BatchPreparer

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlp_core.errors import FailedPrecondition, InvalidArgument
-
 from mlp_feature_store.domain.access import WRITE, Caller, authorize
 from mlp_feature_store.domain.events import MATERIALIZATION_COMPLETED, EventPublisher
 from mlp_feature_store.domain.regions import Regions

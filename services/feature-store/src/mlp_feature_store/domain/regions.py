@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlp_core.errors import FailedPrecondition
-
 from mlp_feature_store.store.base import OfflineStore, OnlineStore
 
 

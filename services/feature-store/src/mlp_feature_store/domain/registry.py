@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlp_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from pydantic import BaseModel, ValidationError
 
+from mlp_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from mlp_feature_store.domain.access import READ, WRITE, Caller, authorize
 from mlp_feature_store.domain.compat import breaking_changes, compatible_changes
 from mlp_feature_store.domain.events import DEFINITION_APPLIED, EventPublisher
@@ -61,7 +61,9 @@ def parse_definition(kind: str, spec: dict[str, Any]) -> BaseModel:
         return model.model_validate(spec)
     except ValidationError as exc:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors(include_url=False)]
-        raise InvalidArgument(f"invalid {kind} definition", errors=errors) from None
+        first = errors[0] if errors else {"loc": [], "msg": "invalid"}
+        where = ".".join(str(x) for x in first["loc"]) or "definition"
+        raise InvalidArgument(f"invalid {kind} definition: {where}: {first['msg']}", errors=errors) from None
 
 
 class RegistryService:
@@ -81,17 +83,17 @@ class RegistryService:
         authorize(caller, project, READ)
         return self.load(project, kind, name, version)
 
-    def list(self, caller: Caller, project: str, kind: str) -> list[BaseModel]:
+    def list_kind(self, caller: Caller, project: str, kind: str) -> list[BaseModel]:
         """The newest version of every definition of ``kind`` in ``project``."""
         authorize(caller, project, READ)
         if kind not in KINDS:
             raise InvalidArgument(f"unknown kind '{kind}'")
-        return [KINDS[kind].model_validate(d.spec) for d in self.store.list(project, kind)]
+        return [KINDS[kind].model_validate(d.spec) for d in self.store.query(project, kind)]
 
     def versions(self, caller: Caller, project: str, name: str) -> list[FeatureView]:
         """Every version of a feature view, oldest first."""
         authorize(caller, project, READ)
-        found = [FeatureView.model_validate(d.spec) for d in self.store.list(project, "feature_view", False)
+        found = [FeatureView.model_validate(d.spec) for d in self.store.query(project, "feature_view", False)
                  if d.name == name]
         if not found:
             raise NotFound(f"feature view '{name}' not found in project '{project}'")
@@ -137,7 +139,7 @@ class RegistryService:
 
     def _referrers(self, project: str, kind: str, name: str) -> list[str]:
         users: list[str] = []
-        for d in self.store.list(project):
+        for d in self.store.query(project):
             spec = d.spec
             if kind == "entity" and d.kind == "feature_view" and name in spec.get("entities", []):
                 users.append(f"feature_view:{d.name}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mlp_core.errors import InvalidArgument
-
 from mlp_feature_store.domain.models import FeatureService, OnDemandTransformation
 from mlp_feature_store.domain.registry import RegistryService, split_ref
 from mlp_feature_store.store.base import ViewLayout

@@ -8,8 +8,8 @@ from enum import StrEnum
 from typing import Any
 
 import pyarrow as pa
-from mlp_core.errors import InvalidArgument
 
+from mlp_core.errors import InvalidArgument
 from mlp_feature_store.domain.access import READ, Caller, authorize, require_pii
 from mlp_feature_store.domain.ingest import ConversionError, convert
 from mlp_feature_store.domain.regions import Regions
@@ -140,7 +140,7 @@ class RetrievalService:
             result = self.transforms.run(odt.function, {ref: c.values for ref, c in zip(
                 odt.inputs, inputs, strict=True)}, wanted, n)
             statuses = [max((c.statuses[i] for c in inputs), key=_WORST.index) for i in range(n)]
-            ages = [max((c.ages_s[i] for c in inputs if c.ages_s[i] is not None), default=None) for i in range(n)]
+            ages = [max([a for c in inputs if (a := c.ages_s[i]) is not None], default=None) for i in range(n)]
             for w in wanted:
                 columns[f"{odt.name}{SEP}{w}"] = FeatureColumn(list(result[w]), list(statuses), list(ages))
         return OnlineResult(entities=entities, features={name: columns[name] for name in resolved.outputs})

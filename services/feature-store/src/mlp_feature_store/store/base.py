@@ -36,7 +36,7 @@ class RegistryStore(ABC):
         """One definition; the newest version when ``version`` is None."""
 
     @abstractmethod
-    def list(self, project: str | None, kind: str | None = None, latest_only: bool = True
+    def query(self, project: str | None, kind: str | None = None, latest_only: bool = True
              ) -> list[StoredDefinition]:
         """Definitions of a project (every project when None), newest version of each by default."""
 

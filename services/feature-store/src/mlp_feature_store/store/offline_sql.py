@@ -8,15 +8,15 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from mlp_core.db import Database
-from mlp_core.errors import InvalidArgument
 from sqlalchemy import Connection, delete, func, inspect, select, text
 
+from mlp_core.db import Database
+from mlp_core.errors import InvalidArgument
 from mlp_feature_store.domain.ingest import ConversionError, convert
 from mlp_feature_store.domain.models import JoinKey
 from mlp_feature_store.store.arrow_types import to_arrow
 from mlp_feature_store.store.base import IngestResult, OfflineStore, PitRequest, PreparedBatch, ViewLayout
-from mlp_feature_store.store.offline_tables import feat_col, key_col, view_table
+from mlp_feature_store.store.offline_tables import key_col, view_table
 from mlp_feature_store.store.pit import entity_table, pit_query
 from mlp_feature_store.store.schema import ingestion_runs, push_receipts, quarantine
 
@@ -134,10 +134,15 @@ class SqlOfflineStore(OfflineStore):
 
     def historical(self, requests: Sequence[PitRequest], entity_rows: pa.Table, ts_column: str,
                    no_backfill: bool, batch_size: int = 50_000) -> Iterator[pa.RecordBatch]:
-        """See ``OfflineStore.historical``."""
+        """See ``OfflineStore.historical``; the input is checked before the first batch is asked for."""
         keys = _union_keys(requests)
         ts_us = _timestamps_us(entity_rows, ts_column)
         key_values = [_key_values(entity_rows, k) for k in keys]
+        return self._stream(requests, entity_rows, keys, key_values, ts_us, no_backfill, batch_size)
+
+    def _stream(self, requests: Sequence[PitRequest], entity_rows: pa.Table, keys: list[JoinKey],
+                key_values: list[list[Any]], ts_us: list[int], no_backfill: bool, batch_size: int
+                ) -> Iterator[pa.RecordBatch]:
         e = entity_table(f"fs_pit_{uuid.uuid4().hex[:12]}", keys)
         out_fields = [pa.field(f"{req.prefix}{f}", to_arrow(req.layout.view.feature(f).dtype, []).type)
                       for req in requests for f in req.features]

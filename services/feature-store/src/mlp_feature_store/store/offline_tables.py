@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, Table, Text
 from sqlalchemy.types import TypeEngine
@@ -10,19 +11,16 @@ from sqlalchemy.types import TypeEngine
 from mlp_feature_store.domain.models import ValueType
 from mlp_feature_store.store.base import ViewLayout
 
-_SQL_TYPES: dict[ValueType, type[TypeEngine[object]] | TypeEngine[object]] = {
-    ValueType.INT64: BigInteger,
-    ValueType.FLOAT64: Float(precision=53),
-    ValueType.STRING: Text,
-    ValueType.BOOL: Boolean,
-    ValueType.TIMESTAMP: BigInteger,  # microseconds since the epoch, UTC
-}
 
-
-def sql_type(dtype: ValueType) -> TypeEngine[object]:
-    """The SQL column type for a value type."""
-    t = _SQL_TYPES[dtype]
-    return t() if isinstance(t, type) else t
+def sql_type(dtype: ValueType) -> TypeEngine[Any]:
+    """The SQL column type for a value type (timestamps: µs since the epoch, UTC, as BIGINT)."""
+    if dtype in (ValueType.INT64, ValueType.TIMESTAMP):
+        return BigInteger()
+    if dtype == ValueType.FLOAT64:
+        return Float(precision=53)
+    if dtype == ValueType.BOOL:
+        return Boolean()
+    return Text()
 
 
 def table_name(project: str, view: str, version: int) -> str:

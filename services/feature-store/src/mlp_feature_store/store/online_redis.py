@@ -55,7 +55,8 @@ class RedisOnlineStore(OnlineStore):
         pending = 0
         for row in rows:
             key = entity_key(layout, [row[key_col(k)] for k in layout.key_names])
-            expire_ms = (row["event_ts"] + ttl_us) // 1000 if ttl_us else 0
+            # Keep an expired record for one more TTL so that reads can say EXPIRED, not NOT_FOUND.
+            expire_ms = (row["event_ts"] + 2 * ttl_us) // 1000 if ttl_us else 0
             args: list[Any] = [row["event_ts"], row["ingested_ts"], expire_ms]
             for f in layout.view.features:
                 args += [f.name, json.dumps(row.get(feat_col(f.name)))]
@@ -100,7 +101,7 @@ class RedisOnlineStore(OnlineStore):
         v = layout.view
         prefix = f"fs:{layout.project}:{v.name}:v{v.version}:"
         deleted = 0
-        for raw in self.client.scan_iter(match=prefix.replace("[", "\\[") + "*", count=1000):
+        for raw in self.client.scan_iter(match=prefix + "*", count=1000):
             key = raw.decode() if isinstance(raw, bytes) else raw
             values = dict(zip(names, json.loads(key[len(prefix):]), strict=True))
             if all(values.get(k) == val for k, val in key_values.items()):

@@ -29,7 +29,7 @@ def entity_table(name: str, keys: Sequence[JoinKey]) -> Table:
                  prefixes=["TEMPORARY"])
 
 
-def _conditions(req: PitRequest, r: Table, e: Table, no_backfill: bool) -> list[ColumnElement[bool]]:
+def _conditions(req: PitRequest, r: Any, e: Table, no_backfill: bool) -> list[ColumnElement[bool]]:
     conds: list[ColumnElement[bool]] = [r.c[key_col(k)] == e.c[key_col(k)] for k in req.layout.key_names]
     conds.append(r.c.event_ts <= e.c.ts)
     ttl = req.layout.view.ttl_seconds
@@ -40,7 +40,7 @@ def _conditions(req: PitRequest, r: Table, e: Table, no_backfill: bool) -> list[
     return conds
 
 
-def _newest_first(r: Table) -> list[Any]:
+def _newest_first(r: Any) -> list[Any]:
     return [r.c.event_ts.desc(), r.c.ingested_ts.desc(), r.c.row_id.desc()]
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlp_core.db import Database
 from sqlalchemy import delete, func, select
 
+from mlp_core.db import Database
 from mlp_feature_store.domain.timeutil import now_us
 from mlp_feature_store.store.base import RegistryStore, StoredDefinition
 from mlp_feature_store.store.schema import definitions
@@ -33,7 +33,7 @@ class SqlRegistryStore(RegistryStore):
             r = s.execute(q).first()
         return _row(r) if r is not None else None
 
-    def list(self, project: str | None, kind: str | None = None, latest_only: bool = True
+    def query(self, project: str | None, kind: str | None = None, latest_only: bool = True
              ) -> list[StoredDefinition]:
         """See ``RegistryStore.list``."""
         q = select(definitions)

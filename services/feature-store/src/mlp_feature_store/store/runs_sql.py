@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlp_core.db import Database
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from mlp_core.db import Database
 from mlp_feature_store.domain.timeutil import now_us
 from mlp_feature_store.store.base import RunStore
 from mlp_feature_store.store.schema import erasures, lineage, materialization_runs, watermarks
