@@ -12,7 +12,7 @@ import httpx
 from mlp_core.errors import Unauthenticated, Unavailable
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN, not a secret
 
 
 class TokenExchanger:

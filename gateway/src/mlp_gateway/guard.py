@@ -31,7 +31,6 @@ from mlp_core.errors import (
     Unauthenticated,
 )
 from mlp_core.telemetry import current_trace_id
-
 from mlp_gateway.audit import AuditEntry, AuditLog
 from mlp_gateway.audit.writer import now_iso
 from mlp_gateway.dpop import DpopVerifier, bound_thumbprint, dpop_error

@@ -11,7 +11,6 @@ from starlette.responses import StreamingResponse
 
 from mlp_core.auth import request_principal
 from mlp_core.errors import BadGateway, DeadlineExceeded, DomainError, NotFound, Unavailable
-
 from mlp_gateway.exchange import TokenExchanger
 
 #: Hop-by-hop headers (RFC 9110 §7.6.1), credentials we set ourselves, and identity headers that a

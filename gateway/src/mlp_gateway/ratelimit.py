@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 # KEYS[1] bucket; ARGV: rate (tokens/s), burst. Uses the server clock so replicas agree.
 # Returns {allowed (0/1), retry_after_ms}.
-_TOKEN_BUCKET = """
+_BUCKET_SCRIPT = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -60,7 +60,7 @@ class RateLimiter:
         self.rate_per_s = rate_per_s
         self.burst = burst
         self.prefix = prefix
-        self._script = redis.register_script(_TOKEN_BUCKET)
+        self._script = redis.register_script(_BUCKET_SCRIPT)
 
     async def check(self, client: str) -> Decision:
         """Take one token from ``client``'s bucket."""

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
-from mlp_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
+from mlp_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from mlp_feature_store.domain.events import ENTITY_ERASED, INGESTION_COMPLETED, QUALITY_FAILED
 from mlp_feature_store.domain.ingestion import rows_to_batch
 from mlp_feature_store.domain.retrieval import ValueStatus
@@ -107,8 +107,10 @@ def test_online_statuses_ttl_and_staleness(applied) -> None:
                                    max_staleness_s=60, now=now)
     assert res.features["stats__clicks"].statuses == [ValueStatus.STALE]
     assert res.features["stats__clicks"].values == [None]
-    with pytest.raises(InvalidArgument, match="same length"):
+    with pytest.raises(InvalidArgument, match="no entities"):
         applied.retrieval.online(Caller(), "p1", {"user_id": []}, features=["stats:clicks"])
+    with pytest.raises(InvalidArgument, match="needs join key"):
+        applied.retrieval.online(Caller(), "p1", {"uid": ["u1"]}, features=["stats:clicks"])
 
 
 def test_incremental_materialization_picks_late_rows_and_is_rerunnable(applied) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 
 import pytest
-from mlp_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from sqlalchemy import inspect
 
+from mlp_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from mlp_feature_store.store.offline_tables import table_name
 
 from .conftest import STATS, USER, Caller

@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from mlp_core.db import Database
 from mlp_core.events import Outbox
-
 from mlp_gateway.audit.chain import GENESIS_HASH, AuditEntry, CheckpointSigner, record_hash
 from mlp_gateway.audit.tables import audit_chain_head, audit_checkpoints, audit_records
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -52,7 +52,7 @@ def build_host(settings: S, migrations_dir: Path, build: Callable[[S, Database],
         parts.on_shutdown = [*parts.on_shutdown, relay.close]
     parts.background = background
     parts.on_shutdown = [*parts.on_shutdown, db.dispose]
-    return ServiceHost(settings, parts, registry=registry)
+    return ServiceHost(settings, parts, registry=registry, verifier=verifier)
 
 
 def _instrument_sqlalchemy(db: Database) -> None:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlp_core.errors import InvalidArgument
-
 from mlp_registry.domain import validation
 from mlp_registry.domain.caller import READ, WRITE, Caller, require
 from mlp_registry.domain.context import RegistryContext, load_model, load_version, record, subject_of
 from mlp_registry.domain.models import (
+    ArtifactFile,
     AuditRecord,
     Lineage,
     MetadataRevision,
@@ -116,6 +116,16 @@ class Catalog:
         with self.ctx.store.transaction() as tx:
             model = load_model(tx, caller, project, name)
             return model, load_version(tx, model, number, frozenset(states))
+
+    def describe_version(self, caller: Caller, project: str, name: str, number: int,
+                         ) -> tuple[Model, ModelVersion, list[ArtifactFile], list[str]]:
+        """A visible version with its files and the aliases pointing at it."""
+        require(caller, READ)
+        with self.ctx.store.transaction() as tx:
+            model = load_model(tx, caller, project, name)
+            version = load_version(tx, model, number, VISIBLE)
+            return (model, version, tx.list_files(version.id),
+                    [a.name for a in tx.aliases_pointing_to(version.id)])
 
     def update_version(self, caller: Caller, project: str, name: str, number: int,
                        update: MetadataUpdate) -> ModelVersion:

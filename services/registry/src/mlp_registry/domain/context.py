@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mlp_core.errors import NotFound
-
 from mlp_registry.crypto.aead import DEFAULT_SEGMENT_SIZE
 from mlp_registry.crypto.keys import KeyProvider
 from mlp_registry.crypto.signing import ManifestSigner

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlp_core.errors import NotFound
-
 from mlp_registry.crypto.aead import TAG_SIZE, SegmentCipher, binding_for, decrypt_segments
 from mlp_registry.crypto.keys import WrappedKey
 from mlp_registry.domain.caller import ADMIN_SCOPE, READ, Caller, require

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from mlp_core.errors import FailedPrecondition
-
 from mlp_registry.domain.caller import ADMIN_SCOPE, WRITE, Caller, require
 from mlp_registry.domain.context import RegistryContext, load_model, load_version, record, subject_of
 from mlp_registry.domain.models import AuditRecord, ModelVersion, UploadState, VersionState

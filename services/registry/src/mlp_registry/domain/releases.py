@@ -7,7 +7,6 @@ from dataclasses import asdict
 from typing import Any
 
 from mlp_core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-
 from mlp_registry.domain import validation
 from mlp_registry.domain.caller import APPROVE, READ, WRITE, Caller, require
 from mlp_registry.domain.context import RegistryContext, load_model, load_version, record, subject_of
@@ -159,12 +158,16 @@ class Releases:
             return self._load(tx, caller, cr_id)
 
     def list_change_requests(self, caller: Caller, project: str, model_name: str,
-                             state: ChangeState | None) -> list[ChangeRequest]:
-        """Change requests of a model, newest first."""
+                             state: ChangeState | None) -> list[tuple[ChangeRequest, int]]:
+        """Change requests of a model with their target version numbers, newest first."""
         require(caller, READ)
         with self.ctx.store.transaction() as tx:
             model = load_model(tx, caller, project, model_name)
-            return tx.list_change_requests(model.id, state)
+            out = []
+            for cr in tx.list_change_requests(model.id, state):
+                version = tx.get_version_by_id(cr.target_version_id)
+                out.append((cr, version.number if version else 0))
+            return out
 
     def approve(self, caller: Caller, cr_id: str, comment: str = "") -> ChangeRequest:
         """Approve an open request (``registry:approve``; not the requester, except for rollbacks)."""

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlp_core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
-
 from mlp_registry.crypto.aead import (
     TAG_SIZE,
     SegmentCipher,

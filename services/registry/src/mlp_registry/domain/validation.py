@@ -7,7 +7,6 @@ import re
 from typing import Any
 
 from mlp_core.errors import InvalidArgument
-
 from mlp_registry.domain.models import FileSpec
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")

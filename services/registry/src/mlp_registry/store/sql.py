@@ -7,13 +7,13 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
-from mlp_core.db import Database
-from mlp_core.errors import AlreadyExists, Conflict
-from mlp_core.events.outbox import Outbox
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mlp_core.db import Database
+from mlp_core.errors import AlreadyExists, Conflict
+from mlp_core.events.outbox import Outbox
 from mlp_registry.domain.models import (
     ArtifactFile,
     Lineage,

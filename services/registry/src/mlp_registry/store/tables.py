@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from mlp_core.events.tables import event_tables
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -19,6 +18,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+
+from mlp_core.events.tables import event_tables
 
 metadata = MetaData()
 _Id = BigInteger().with_variant(Integer(), "sqlite")

@@ -1,0 +1,162 @@
+"""Routing through the gateway: REST paths unchanged, identity headers stripped, clean upstream failures,
+the gRPC byte proxy (unary, streaming, deadlines, cancellation) and the merged OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from mlp_core.testing.tokens import TestIssuer
+
+from conftest import RunningGateway, Service, bearer, gateway_settings, md, running_gateway
+
+FS = "/mlp.featurestore.v1.FeatureStoreService"
+
+
+async def test_rest_call_is_forwarded_with_path_and_token(gateway: RunningGateway, test_issuer: TestIssuer) -> None:
+    token = test_issuer.mint(scope="features:read features:write", projects=["p1"])
+    created = await gateway.client.post("/api/v1/feature-store/things", headers=bearer(token),
+                                        json={"name": "a", "project": "p1"})
+    assert created.status_code == 201, created.text
+    thing = created.json()
+    got = await gateway.client.get(f"/api/v1/feature-store/things/{thing['id']}", headers=bearer(token))
+    assert got.status_code == 200
+    assert got.json() == thing
+
+
+async def test_whoami_of_service_through_gateway(gateway: RunningGateway, test_issuer: TestIssuer) -> None:
+    token = test_issuer.mint(sub="alice", scope="features:read", projects=["p1"])
+    reply = await gateway.client.get("/api/v1/feature-store/whoami", headers=bearer(token))
+    assert reply.status_code == 200
+    assert reply.json()["subject"] == "alice"
+    assert reply.json()["service"] == "feature-store"
+
+
+async def test_spoofed_identity_headers_are_stripped(gateway: RunningGateway, test_issuer: TestIssuer,
+                                                    service: Service) -> None:
+    token = test_issuer.mint(scope="features:read")
+    spoof = {"X-User-Id": "root", "X-Forwarded-Client-Cert": "By=spiffe://evil", "X-Forwarded-User": "root",
+             "X-Tenant": "other", "X-MLP-Principal": "admin", "Forwarded": "for=1.2.3.4", "X-Real-IP": "1.2.3.4",
+             "DPoP": "junk", "Cookie": "session=1"}
+    reply = await gateway.client.get("/api/v1/feature-store/headers", headers={**bearer(token), **spoof})
+    assert reply.status_code == 200
+    seen = {k.lower() for k in reply.json()}
+    for name in spoof:
+        assert name.lower() not in seen
+    assert reply.json()["authorization"] == f"Bearer {token}"
+
+
+async def test_upstream_down_is_503_problem(tmp_path, pg_url, redis_url, test_issuer: TestIssuer) -> None:
+    settings = gateway_settings(tmp_path, pg_url, redis_url, test_issuer.issuer, None)
+    async with running_gateway(settings, test_issuer) as gw:
+        reply = await gw.client.get("/api/v1/feature-store/things/1", headers=bearer(test_issuer.mint()))
+        assert reply.status_code == 503
+        assert reply.headers["content-type"] == "application/problem+json"
+        assert "feature-store" in reply.json()["detail"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await gw.stub(f"{FS}/GetThing")(b"1", metadata=md(test_issuer.mint()), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_slow_upstream_is_504_with_route_timeout(gateway: RunningGateway, test_issuer: TestIssuer) -> None:
+    reply = await gateway.client.get("/api/v1/feature-store/slow", headers=bearer(test_issuer.mint()))
+    assert reply.status_code == 504
+    assert reply.json()["type"].endswith("deadline-exceeded")
+
+
+async def test_upstream_500_becomes_502_without_internals(gateway: RunningGateway, test_issuer: TestIssuer) -> None:
+    reply = await gateway.client.get("/api/v1/feature-store/boom", headers=bearer(test_issuer.mint()))
+    assert reply.status_code == 502
+    assert "secret" not in reply.text and "Traceback" not in reply.text
+
+
+async def test_unknown_service_is_404(gateway: RunningGateway, test_issuer: TestIssuer) -> None:
+    token = test_issuer.mint(scope="admin")
+    reply = await gateway.client.get("/api/v1/no-such-service/x", headers=bearer(token))
+    assert reply.status_code == 404
+    assert reply.headers["content-type"] == "application/problem+json"
+
+
+async def test_dot_segments_are_not_routed(gateway: RunningGateway, test_issuer: TestIssuer) -> None:
+    token = test_issuer.mint(scope="features:read")
+    reply = await gateway.client.get("/api/v1/feature-store/%2e%2e/registry/models", headers=bearer(token))
+    assert reply.status_code == 404
+
+
+async def test_grpc_unary_and_streams_are_proxied(gateway: RunningGateway, test_issuer: TestIssuer,
+                                                  service: Service) -> None:
+    token = test_issuer.mint(scope="features:read features:write", projects=["p1"], sub="bob")
+    created = await gateway.client.post("/api/v1/feature-store/things", headers=bearer(token),
+                                        json={"name": "a", "project": "p1"})
+    thing_id = created.json()["id"]
+    reply = await gateway.stub(f"{FS}/GetThing")(thing_id.encode(), metadata=md(token) + (("x-user-id", "root"),))
+    assert reply == f"{thing_id}|p1|bob".encode()
+    assert "x-user-id" not in service.state.grpc_metadata[-1]
+    items = [r async for r in gateway.stub(f"{FS}/ListThings", "unary_stream")(b"t", metadata=md(token))]
+    assert items == [b"t-0", b"t-1", b"t-2"]
+
+    async def requests():
+        for _ in range(4):
+            yield b"x"
+
+    stored = await gateway.stub(f"{FS}/PutThings", "stream_unary")(requests(), metadata=md(token))
+    assert stored == b"stored 4"
+
+
+async def test_grpc_deadline_is_passed_on_and_cancels_upstream(gateway: RunningGateway, test_issuer: TestIssuer,
+                                                               service: Service) -> None:
+    token = test_issuer.mint(scope="features:write")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await gateway.stub(f"{FS}/WriteSlow")(b"deadline", metadata=md(token), timeout=0.5)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(50):
+        if "deadline" in service.state.cancelled:
+            break
+        await asyncio.sleep(0.05)
+    assert "deadline" in service.state.cancelled
+
+    call = gateway.stub(f"{FS}/WriteSlow")(b"cancel", metadata=md(token), timeout=10)
+    await asyncio.sleep(0.3)
+    call.cancel()
+    for _ in range(50):
+        if "cancel" in service.state.cancelled:
+            break
+        await asyncio.sleep(0.05)
+    assert "cancel" in service.state.cancelled
+
+
+async def test_grpc_unknown_method_is_unimplemented(gateway: RunningGateway, test_issuer: TestIssuer) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await gateway.stub("/evil.Service/Do")(b"", metadata=md(test_issuer.mint(scope="admin")), timeout=5)
+    assert err.value.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAUTHENTICATED)
+
+
+async def test_openapi_is_merged_from_upstreams(gateway: RunningGateway) -> None:
+    await gateway.gw.openapi.refresh()
+    doc = (await gateway.client.get("/openapi.json")).json()
+    assert "/api/v1/feature-store/things" in doc["paths"]
+    assert "/api/v1/feature-store/things/{thing_id}" in doc["paths"]
+    assert "ThingCreate" in doc["components"]["schemas"]
+    assert "bearerAuth" in doc["components"]["securitySchemes"]
+
+
+async def test_tritonclient_http_health_through_gateway(gateway: RunningGateway, test_issuer: TestIssuer) -> None:
+    """An unmodified tritonclient.http client with an Authorization header works through the gateway."""
+    import tritonclient.http as httpclient
+
+    from conftest import serve
+
+    token = test_issuer.mint(scope="predict")
+    async with serve(gateway.gw.host.app) as url:
+        def check() -> tuple[bool, bool]:
+            client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+            try:
+                return (client.is_server_live(headers=bearer(token)), client.is_server_live())
+            finally:
+                client.close()
+
+        live_with, live_without = await asyncio.to_thread(check)
+    assert live_with is True
+    assert live_without is False

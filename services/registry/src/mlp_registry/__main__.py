@@ -1,0 +1,3 @@
+from mlp_registry.main import main
+
+main()

@@ -1,0 +1,203 @@
+"""gRPC servicer of ``mlp.registry.v1.RegistryService``: the same domain calls as REST, run in worker threads.
+
+Implemented: models, versions, verified streaming downloads, aliases, change requests, signing keys.
+Registration over gRPC (``RegisterVersion``/``UploadArtifact``) and the lineage graph answer
+UNIMPLEMENTED for now: use the REST upload sessions and lineage endpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import anyio.to_thread
+import grpc
+
+from mlp_core.auth import current_principal
+from mlp_core.errors import NotFound
+from mlp_protos.mlp.registry.v1 import registry_pb2 as pb
+from mlp_protos.mlp.registry.v1 import registry_pb2_grpc as pb_grpc
+from mlp_registry.api import grpc_converters as conv
+from mlp_registry.domain.service import RegistryService
+
+T = TypeVar("T")
+_MAX_CHUNK = 4 << 20
+
+
+async def _call(fn: Callable[..., T], *args: Any) -> T:
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+class RegistryServicer(pb_grpc.RegistryServiceServicer):
+    """Translates protobuf to domain calls; errors map through ``mlp_core``'s error interceptor."""
+
+    def __init__(self, service: RegistryService) -> None:
+        self.service = service
+
+    def _model(self, project: str, name: str) -> pb.Model:
+        p = current_principal()
+        model = self.service.catalog.get_model(p, project, name)
+        latest = self.service.catalog.list_versions(p, project, name, page_size=1).items
+        aliases = {a.name: n for a, n in self.service.releases.list_aliases(p, project, name)}
+        return conv.model_pb(model, latest[0].number if latest else 0, aliases)
+
+    def _version(self, project: str, name: str, number: int) -> pb.ModelVersion:
+        return conv.version_pb(*self.service.catalog.describe_version(current_principal(), project, name, number))
+
+    async def CreateModel(self, request: pb.CreateModelRequest, context: grpc.aio.ServicerContext) -> pb.Model:
+        """Create a model."""
+        m = request.model
+        p = current_principal()
+        await _call(lambda: self.service.catalog.create_model(p, m.project, m.name, m.description, dict(m.labels)))
+        return await _call(self._model, m.project, m.name)
+
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.Model:
+        """One model with its latest version and aliases."""
+        return await _call(self._model, request.project, request.name)
+
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        """Models in pages, filtered by project and one label."""
+        p = current_principal()
+        label = next(iter(request.labels.items()), None)
+        page = await _call(lambda: self.service.catalog.search_models(
+            p, project=request.project or None, tag=label, page_size=request.page_size or 50,
+            page_token=request.page_token or None))
+        return pb.ListModelsResponse(models=[conv.model_pb(m) for m in page.items],
+                                     next_page_token=page.next_page_token or "")
+
+    async def GetVersion(self, request: pb.GetVersionRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ModelVersion:
+        """One version with manifest, signature and encryption info."""
+        return await _call(self._version, request.project, request.model, request.version)
+
+    async def ListVersions(self, request: pb.ListVersionsRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ListVersionsResponse:
+        """Versions newest first, in pages."""
+        p = current_principal()
+        page = await _call(lambda: self.service.catalog.list_versions(
+            p, request.project, request.model, include_archived=request.include_archived,
+            page_size=request.page_size or 50, page_token=request.page_token or None))
+        versions = [await _call(self._version, request.project, request.model, v.number) for v in page.items]
+        return pb.ListVersionsResponse(versions=versions, next_page_token=page.next_page_token or "")
+
+    async def DownloadArtifact(self, request: pb.DownloadArtifactRequest,
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DownloadArtifactResponse]:
+        """A header with manifest and signature, then every requested file in verified chunks."""
+        p = current_principal()
+        number = request.version
+        if request.alias:
+            aliases = dict((a.name, n) for a, n in await _call(
+                self.service.releases.list_aliases, p, request.project, request.model))
+            if request.alias not in aliases:
+                raise NotFound(f"model '{request.project}/{request.model}' has no alias '{request.alias}'")
+            number = aliases[request.alias]
+        version = await _call(self._version, request.project, request.model, number)
+        yield pb.DownloadArtifactResponse(header=pb.DownloadHeader(version=number, manifest=version.manifest,
+                                                                   signature=version.signature))
+        paths = list(request.paths) or [f.path for f in version.manifest.files]
+        size = min(max(request.chunk_size, 64 << 10), _MAX_CHUNK) if request.chunk_size else 1 << 20
+        for path in paths:
+            dl = await _call(self.service.downloads.open_file, p, request.project, request.model, number, path)
+            offset = 0
+            sentinel = object()
+            while True:
+                chunk = await _call(next, dl.chunks, sentinel)
+                if chunk is sentinel:
+                    break
+                assert isinstance(chunk, bytes)
+                for i in range(0, len(chunk), size):
+                    piece = chunk[i:i + size]
+                    yield pb.DownloadArtifactResponse(chunk=pb.FileChunk(path=path, offset=offset, data=piece))
+                    offset += len(piece)
+
+    async def _cr(self, project: str, cr_id: str) -> pb.ChangeRequest:
+        p = current_principal()
+        cr, model, version = await _call(self.service.releases.get_change_request, p, cr_id)
+        if project and model.project != project:
+            raise NotFound(f"change request {cr_id!r} does not exist in project '{project}'")
+        previous = 0
+        if cr.previous_version_id:
+            prev = [v for v in (await _call(lambda: self.service.catalog.list_versions(
+                p, model.project, model.name, page_size=500))).items if v.id == cr.previous_version_id]
+            previous = prev[0].number if prev else 0
+        return conv.change_request_pb(cr, model, version.number, previous)
+
+    async def CreateChangeRequest(self, request: pb.CreateChangeRequestRequest,
+                                  context: grpc.aio.ServicerContext) -> pb.ChangeRequest:
+        """Open a change request to move an alias."""
+        p = current_principal()
+        cr = await _call(self.service.releases.create_change_request, p, request.project, request.model,
+                         request.alias, request.version, request.reason)
+        return await self._cr(request.project, cr.id)
+
+    async def GetChangeRequest(self, request: pb.GetChangeRequestRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ChangeRequest:
+        """One change request."""
+        return await self._cr(request.project, request.id)
+
+    async def ListChangeRequests(self, request: pb.ListChangeRequestsRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.ListChangeRequestsResponse:
+        """Change requests of a model."""
+        p = current_principal()
+        state = conv.CR_STATE_FROM_PB.get(request.state)
+        found = await _call(self.service.releases.list_change_requests, p, request.project, request.model, state)
+        return pb.ListChangeRequestsResponse(change_requests=[await self._cr(request.project, cr.id)
+                                                              for cr, _ in found])
+
+    async def ApproveChangeRequest(self, request: pb.ApproveChangeRequestRequest,
+                                   context: grpc.aio.ServicerContext) -> pb.ChangeRequest:
+        """Approve (four eyes)."""
+        await self._cr(request.project, request.id)
+        await _call(self.service.releases.approve, current_principal(), request.id, request.comment)
+        return await self._cr(request.project, request.id)
+
+    async def RejectChangeRequest(self, request: pb.RejectChangeRequestRequest,
+                                  context: grpc.aio.ServicerContext) -> pb.ChangeRequest:
+        """Reject or withdraw."""
+        await self._cr(request.project, request.id)
+        await _call(self.service.releases.reject, current_principal(), request.id, request.comment)
+        return await self._cr(request.project, request.id)
+
+    async def ApplyChangeRequest(self, request: pb.ApplyChangeRequestRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.ChangeRequest:
+        """Apply an approved request."""
+        await self._cr(request.project, request.id)
+        await _call(self.service.releases.apply, current_principal(), request.id)
+        return await self._cr(request.project, request.id)
+
+    async def _alias(self, project: str, model: str, alias: str) -> tuple[Any, int]:
+        p = current_principal()
+        for a, n in await _call(self.service.releases.list_aliases, p, project, model):
+            if a.name == alias:
+                return a, n
+        raise NotFound(f"model '{project}/{model}' has no alias '{alias}'")
+
+    async def GetAlias(self, request: pb.GetAliasRequest, context: grpc.aio.ServicerContext) -> pb.Alias:
+        """Where an alias points."""
+        alias, number = await self._alias(request.project, request.model, request.alias)
+        model = await _call(self.service.catalog.get_model, current_principal(), request.project, request.model)
+        return conv.alias_pb(model, alias, number)
+
+    async def ResolveAlias(self, request: pb.ResolveAliasRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ModelVersion:
+        """The version an alias points at."""
+        _, number = await self._alias(request.project, request.model, request.alias)
+        return await _call(self._version, request.project, request.model, number)
+
+    async def GetSigningKeys(self, request: pb.GetSigningKeysRequest,
+                             context: grpc.aio.ServicerContext) -> pb.GetSigningKeysResponse:
+        """Every published verification key."""
+        keys = await _call(self.service.downloads.public_keys)
+        return pb.GetSigningKeysResponse(keys=[pb.SigningKey(key_id=k, algorithm="ed25519", public_key_pem=pem)
+                                               for k, pem in keys.items()])
+
+
+def registry_registrar(service: RegistryService) -> Callable[[grpc.aio.Server], str]:
+    """Adds the servicer to a server; returns the full service name (for health and reflection)."""
+
+    def register(server: grpc.aio.Server) -> str:
+        pb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(service), server)
+        return pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
+
+    return register
