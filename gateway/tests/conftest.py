@@ -32,9 +32,9 @@ ALL_SCOPES = "features:read features:write predict registry:read"
 
 
 @asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
+async def serve(app: Any, lifespan: str = "on") -> AsyncIterator[str]:
     """Run ``app`` with uvicorn on a random loopback port inside the test's event loop."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan=lifespan)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())

@@ -160,10 +160,12 @@ class GrpcProxy(grpc.GenericRpcHandler):
             if self.exchanger is not None:
                 token = await self.exchanger.exchange(token, service)
             metadata = [("authorization", f"Bearer {token}")]
-            metadata += [(k, v) for k, v in _metadata(context) if k in _FORWARD_METADATA]
+            metadata += [(k, str(v)) for k, v in (context.invocation_metadata() or ()) if k in _FORWARD_METADATA]
             remaining = context.time_remaining()
             timeout = remaining if remaining is not None and remaining < 1e9 else self.default_timeout_s
             call = self.channel(service).stream_stream(method)(requests, metadata=metadata, timeout=timeout)
+            # A client that cancels ends our RPC without always cancelling this task: stop upstream too.
+            context.add_done_callback(lambda _ctx: call.cancel())
             code, detail = grpc.StatusCode.OK, ""
             try:
                 async for reply in call:

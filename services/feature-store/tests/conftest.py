@@ -10,7 +10,6 @@ import pytest
 from mlp_core.db import Database
 from mlp_feature_store.store.migrate import migrate_database
 
-pytest_plugins = ["mlp_core.testing.fixtures"]
 
 
 @dataclass(frozen=True)

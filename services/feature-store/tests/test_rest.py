@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+
 from mlp_core.auth import Principal
 from mlp_core.http import install_problem_handlers
-
 from mlp_feature_store.api.rest import build_router
 
 YAML = """

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -46,13 +48,7 @@ class LocalArtifactStore(ArtifactStore):
         try:
             os.ftruncate(fd, offset)
             os.lseek(fd, offset, os.SEEK_SET)
-            size = offset
-            for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                size += len(chunk)
+            size = offset + _write_behind(fd, chunks)
             os.fsync(fd)
             return size
         finally:
@@ -110,6 +106,45 @@ class LocalArtifactStore(ArtifactStore):
         for path in self.objects.rglob("*"):
             if path.is_file() and not path.name.startswith("."):
                 yield path.relative_to(self.objects).as_posix()
+
+
+def _write_all(fd: int, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_behind(fd: int, chunks: Iterable[bytes], depth: int = 4) -> int:
+    """Write ``chunks`` from a helper thread so producing (encrypting) and disk writes overlap.
+
+    At most ``depth`` chunks wait in between, so memory stays bounded.
+    """
+    pending: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+    failure: list[BaseException] = []
+
+    def writer() -> None:
+        while (chunk := pending.get()) is not None:
+            if not failure:
+                try:
+                    _write_all(fd, chunk)
+                except BaseException as exc:
+                    failure.append(exc)
+
+    thread = threading.Thread(target=writer, name="artifact-writer", daemon=True)
+    thread.start()
+    total = 0
+    try:
+        for chunk in chunks:
+            if failure:
+                break
+            pending.put(chunk)
+            total += len(chunk)
+    finally:
+        pending.put(None)
+        thread.join()
+    if failure:
+        raise failure[0]
+    return total
 
 
 def _read_file(path: Path, chunk_size: int) -> Iterator[bytes]:
