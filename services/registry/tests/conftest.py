@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests import registry_support 
 
 from registry_support import ALICE, Registry, build_registry
 
-pytest_plugins = ["mlp_core.testing.fixtures"]
 
 
 @pytest.fixture
