@@ -19,12 +19,11 @@ from mlp_core.broker import free_port
 from mlp_core.host import ServiceHost
 from mlp_core.settings import CoreSettings
 from mlp_core.testing.tokens import TestIssuer
-
 from mlp_gateway.main import Gateway, build_gateway
 from mlp_gateway.settings import GatewaySettings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from upstream import Upstream, build_upstream  # noqa: E402
+from upstream import Upstream, build_upstream
 
 pytest_plugins = ["mlp_core.testing.fixtures", "mlp_core.testing.tokens"]
 

@@ -8,9 +8,8 @@ import asyncio
 import grpc
 import pytest
 
-from mlp_core.testing.tokens import TestIssuer
-
 from conftest import RunningGateway, Service, bearer, gateway_settings, md, running_gateway
+from mlp_core.testing.tokens import TestIssuer
 
 FS = "/mlp.featurestore.v1.FeatureStoreService"
 
@@ -91,7 +90,7 @@ async def test_grpc_unary_and_streams_are_proxied(gateway: RunningGateway, test_
     created = await gateway.client.post("/api/v1/feature-store/things", headers=bearer(token),
                                         json={"name": "a", "project": "p1"})
     thing_id = created.json()["id"]
-    reply = await gateway.stub(f"{FS}/GetThing")(thing_id.encode(), metadata=md(token) + (("x-user-id", "root"),))
+    reply = await gateway.stub(f"{FS}/GetThing")(thing_id.encode(), metadata=(*md(token), ("x-user-id", "root")))
     assert reply == f"{thing_id}|p1|bob".encode()
     assert "x-user-id" not in service.state.grpc_metadata[-1]
     items = [r async for r in gateway.stub(f"{FS}/ListThings", "unary_stream")(b"t", metadata=md(token))]

@@ -12,9 +12,8 @@ import grpc
 import httpx
 import pytest
 
-from mlp_core.testing.tokens import TestIssuer, bad_tokens
-
 from conftest import RunningGateway, Service, bearer, gateway_settings, md, running_gateway
+from mlp_core.testing.tokens import TestIssuer, bad_tokens
 
 FS_GET = "/mlp.featurestore.v1.FeatureStoreService/ListThings"
 REST_PATH = "/api/v1/feature-store/whoami"
@@ -111,7 +110,7 @@ async def test_thousand_random_kids_cost_at_most_one_fetch_per_door(doors: Doors
         kid = secrets.token_hex(8)
         token = test_issuer.mint(header_overrides={"kid": kid})
         assert await doors.accepted(token) == []
-    # 250 tokens × 4 doors = 1,000 random kids; each door's cache may refetch once per cooldown.
+    # 250 tokens x 4 doors = 1,000 random kids; each door's cache may refetch once per cooldown.
     assert test_issuer.jwks_requests - before <= 4
 
 
@@ -136,3 +135,13 @@ async def test_fail_closed_when_no_key_was_ever_known(tmp_path, pg_url, redis_ur
     async with running_gateway(settings, test_issuer) as gw:
         assert await rest_status(gw.client, token) == 401
         assert await grpc_code(gw.channel, token) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_concurrent_first_calls_wait_for_the_first_key_fetch(gateway: RunningGateway,
+                                                                   test_issuer: TestIssuer) -> None:
+    """Calls that arrive while the first JWKS fetch is in flight are not refused (mlp_core JwksCache fix)."""
+    import asyncio
+
+    token = test_issuer.mint()
+    statuses = await asyncio.gather(*(rest_status(gateway.client, token) for _ in range(16)))
+    assert statuses == [200] * 16

@@ -11,7 +11,6 @@ from mlp_core.db import Database
 from mlp_feature_store.store.migrate import migrate_database
 
 
-
 @dataclass(frozen=True)
 class Caller:
     """A stand-in for mlp_core.auth.Principal in domain tests (same two methods)."""
@@ -40,7 +39,7 @@ def db(any_db_url: str) -> Iterator[Database]:
 @pytest.fixture
 def fs(db: Database, redis_url: str):  # type: ignore[no-untyped-def]
     """A FeatureStoreService on a real database and Redis, with one region 'default' and a recorder."""
-    from mlp_feature_store.domain.events import RecordingPublisher
+    from mlp_feature_store.domain.events import RecordingSink
     from mlp_feature_store.domain.regions import Regions, RegionStores
     from mlp_feature_store.domain.service import FeatureStoreService
     from mlp_feature_store.domain.transforms import TransformRegistry
@@ -53,10 +52,10 @@ def fs(db: Database, redis_url: str):  # type: ignore[no-untyped-def]
     transforms.register("ratio", lambda cols: {"ratio": [
         None if a is None or not b else a / b for a, b in zip(cols["stats:clicks"], cols["stats:views"])]})
     online = RedisOnlineStore.from_url(redis_url)
-    regions = Regions({"default": RegionStores(SqlOfflineStore(db), online)})
-    events = RecordingPublisher()
-    service = FeatureStoreService.build(SqlRegistryStore(db), SqlRunStore(db), regions, events, transforms,
-                                        settle_s=0)
+    events = RecordingSink()
+    regions = Regions({"default": RegionStores(SqlOfflineStore(db, events), online)})
+    service = FeatureStoreService.build(SqlRegistryStore(db, events), SqlRunStore(db, events), regions, transforms,
+                                        settle_s=0, cache_s=0)
     service.events = events  # type: ignore[attr-defined]
     yield service
     online.client.close()

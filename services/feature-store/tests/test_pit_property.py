@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlp_core.db import Database
+from mlp_feature_store.domain.events import RecordingSink
 from mlp_feature_store.domain.models import Feature, FeatureView, JoinKey, ValueType
 from mlp_feature_store.store.base import IngestResult, PitRequest, PreparedBatch, ViewLayout
 from mlp_feature_store.store.offline_sql import SqlOfflineStore
@@ -81,7 +82,7 @@ def run_case(store: SqlOfflineStore, ttl: int | None, no_backfill: bool,
 @pytest.mark.parametrize("no_backfill", [False, True])
 @pytest.mark.parametrize("ttl", [None, 4])
 def test_pit_matches_reference(db: Database, ttl: int | None, no_backfill: bool) -> None:
-    store = SqlOfflineStore(db)
+    store = SqlOfflineStore(db, RecordingSink())
 
     @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(rows=st.lists(ROW, max_size=25), queries=st.lists(QUERY, min_size=1, max_size=20))

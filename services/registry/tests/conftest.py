@@ -13,7 +13,6 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests import registry_support 
 from registry_support import ALICE, Registry, build_registry
 
 
-
 @pytest.fixture
 def registry(any_db_url: str, tmp_path: Path) -> Iterator[Registry]:
     """A registry on SQLite and on PostgreSQL, with a 'fraud/scorer' model."""

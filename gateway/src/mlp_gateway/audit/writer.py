@@ -108,29 +108,31 @@ class AuditLog:
                 seq, prev = 0, GENESIS_HASH
             else:
                 seq, prev = int(head.seq), str(head.hash)
-            rows = []
+            rows, checkpoints = [], []
             for entry in batch:
                 seq += 1
                 digest = record_hash(seq, prev, entry)
                 rows.append({**asdict(entry), "seq": seq, "prev_hash": prev, "hash": digest})
                 self._publish(session, seq, digest, entry)
+                if seq % self.checkpoint_every == 0:
+                    checkpoints.append(self._checkpoint(seq, digest))
                 prev = digest
             if rows:
                 session.execute(insert(audit_records), rows)
                 session.execute(update(audit_chain_head).where(audit_chain_head.c.id == 1)
                                 .values(seq=seq, hash=prev))
-            self._maybe_checkpoint(session, seq, prev, checkpoint_due)
+            if checkpoint_due and seq and not (checkpoints and checkpoints[-1]["seq"] == seq):
+                last = session.execute(select(func.max(audit_checkpoints.c.seq))).scalar() or 0
+                if last != seq:
+                    checkpoints.append(self._checkpoint(seq, prev))
+            if checkpoints:
+                session.execute(insert(audit_checkpoints), checkpoints)
 
     def _publish(self, session: Session, seq: int, digest: str, entry: AuditEntry) -> None:
         data = {"seq": seq, "hash": digest, **asdict(entry)}
         self.outbox.add(session, type=EVENT_TYPE, subject=f"audit/{seq}", data=data)
 
-    def _maybe_checkpoint(self, session: Session, seq: int, head_hash: str, due: bool) -> None:
-        if seq == 0:
-            return
-        last = session.execute(select(func.max(audit_checkpoints.c.seq))).scalar() or 0
-        if seq == last or (seq - last < self.checkpoint_every and not due):
-            return
+    def _checkpoint(self, seq: int, head_hash: str) -> dict[str, object]:
         signature = base64.b64encode(self.signer.sign(seq, head_hash)).decode()
-        session.execute(insert(audit_checkpoints).values(
-            seq=seq, hash=head_hash, key_id=self.signer.key_id, signature=signature, signed_at=now_iso()))
+        return {"seq": seq, "hash": head_hash, "key_id": self.signer.key_id, "signature": signature,
+                "signed_at": now_iso()}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from mlp_cli.audit import audit_app
 from mlp_cli.launcher import Launcher, Platform, state_dir_from_env
 
 app = typer.Typer(help="MLP platform command line.", no_args_is_help=True, add_completion=False)
+app.add_typer(audit_app, name="audit")
 
 
 @app.command()
@@ -35,12 +37,15 @@ def status() -> None:
 def demo() -> None:
     """Start the platform if needed and run the scenario through the gateway."""
     from mlp_cli.demo import run_smoke
+    from mlp_cli.scenario import Scenario
 
     launcher = Launcher()
     platform = launcher.up()
     if not run_smoke(launcher.state_dir, platform.issuer):
         raise typer.Exit(1)
-    typer.echo("demo: all checks passed")
+    if not Scenario(launcher.state_dir, platform.issuer).run():
+        raise typer.Exit(1)
+    typer.echo("demo: all stages passed")
 
 
 @app.command()

@@ -217,6 +217,10 @@ class Launcher:
         }
         if spec is GATEWAY:
             env |= upstream_env()
+        if spec.name == "feature-store" and "MLP_FEATURE_STORE_REGION_DATABASES" not in os.environ:
+            # a second residency region with its own offline store, to show residency on one laptop
+            uae_db = f"sqlite:///{self.state_dir / 'feature-store-uae.db'}"
+            env["MLP_FEATURE_STORE_REGION_DATABASES"] = json.dumps({"uae": uae_db})
         self.procs.start(spec.name, [_python(), "-m", spec.module], env)
 
     # ------------------------------------------------------------------ status / down

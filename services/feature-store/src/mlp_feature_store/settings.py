@@ -18,6 +18,13 @@ class FeatureStoreSettings(CoreSettings):
     feature_store_default_region: str = "default"
     feature_store_materialize_settle_s: float = Field(
         default=5.0, ge=0, description="rows ingested this recently wait for the next incremental run")
+    feature_store_registry_cache_s: float = Field(
+        default=2.0, ge=0, description="how long online reads reuse a resolved feature list (other replicas' "
+                                       "applies become visible within this time)")
+    feature_store_push_topic: str = Field(
+        default="mlp.feature-store.features-pushed", description="Kafka topic of push-ingestion events")
+    feature_store_consumers: bool = Field(
+        default=True, description="run the Kafka consumers (push ingestion, lineage) when Kafka is configured")
 
     def region_urls(self) -> dict[str, tuple[str, str]]:
         """Region → (database URL, Redis URL); the default region falls back to the core URLs."""

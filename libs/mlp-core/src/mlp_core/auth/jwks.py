@@ -83,6 +83,14 @@ class JwksCache:
         key = self._keys.get(kid)
         if key is not None:
             return key
+        if self._lock.locked():
+            # A fetch is in flight (first start-up fetch, or a refetch for a rotated key): wait for it
+            # rather than refusing every concurrent request during the fetch window.
+            async with self._lock:
+                pass
+            key = self._keys.get(kid)
+            if key is not None:
+                return key
         if not self._cooldown_over():
             self.stats.throttled_lookups += 1
             return None

@@ -1,134 +1,246 @@
-"""Wire forms: JSON bodies of the REST API and Arrow files in and out. Domain objects stop here."""
+"""Protobuf ↔ domain conversion for the gRPC API. Protobuf stops here.
+
+Online results travel columnar: each feature column is one typed list (``Int64List``, ``DoubleList`` ...)
+built from a Python list in one call, so a response of 100 entities × 50 features does not create 5,000
+``Value`` messages.
+"""
 
 from __future__ import annotations
 
-import io
-import tempfile
-from collections.abc import Iterator
-from datetime import datetime
-from typing import Any, Literal
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.ipc as ipc
-import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from google.protobuf import struct_pb2
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from mlp_core.errors import InvalidArgument
-from mlp_feature_store.domain.retrieval import OnlineResult
-from mlp_feature_store.domain.timeutil import parse_ts
+from mlp_feature_store.domain.models import Entity, FeatureService, FeatureView, ValueType
+from mlp_feature_store.domain.resolve import SEP
+from mlp_feature_store.domain.retrieval import OnlineResult, ValueStatus
+from mlp_protos.mlp.common.v1 import common_pb2, value_pb2
+from mlp_protos.mlp.featurestore.v1 import featurestore_pb2 as pb
 
-FileFormat = Literal["parquet", "csv", "arrow"]
-
-
-class RowsIn(BaseModel):
-    """JSON rows to ingest."""
-
-    rows: list[dict[str, Any]] = Field(min_length=1, max_length=100_000)
-    timestamp_column: str = "event_timestamp"
-
-
-class PushIn(RowsIn):
-    """A push event: rows with the id that makes it idempotent."""
-
-    event_id: str = Field(min_length=1, max_length=128)
+_TO_PB_TYPE = {ValueType.INT64: common_pb2.DATA_TYPE_INT64, ValueType.FLOAT64: common_pb2.DATA_TYPE_FLOAT64,
+               ValueType.STRING: common_pb2.DATA_TYPE_STRING, ValueType.BOOL: common_pb2.DATA_TYPE_BOOL,
+               ValueType.TIMESTAMP: common_pb2.DATA_TYPE_TIMESTAMP}
+_FROM_PB_TYPE = {v: k for k, v in _TO_PB_TYPE.items()}
+_STATUS = {ValueStatus.PRESENT: pb.FEATURE_STATUS_PRESENT, ValueStatus.NOT_FOUND: pb.FEATURE_STATUS_NOT_FOUND,
+           ValueStatus.EXPIRED: pb.FEATURE_STATUS_EXPIRED, ValueStatus.STALE: pb.FEATURE_STATUS_STALE}
+_NULL = pb.FEATURE_STATUS_NULL_VALUE
+_EXPECTATION_ARGS = ("min", "max", "values", "max_age_seconds", "query")
 
 
-class FeaturesIn(BaseModel):
-    """Which features to read: references or a feature service."""
-
-    features: list[str] | None = None
-    feature_service: str | None = None
-
-
-class HistoricalIn(FeaturesIn):
-    """Entity rows (column → values; timestamps ISO 8601 with offset) for a point-in-time join."""
-
-    entities: dict[str, list[Any]]
-    timestamp_column: str = "event_timestamp"
-    no_backfill: bool = False
-    format: Literal["arrow", "parquet"] = "arrow"
-
-
-class OnlineIn(FeaturesIn):
-    """Entities (join key → values) to read online, with an optional max staleness."""
-
-    entities: dict[str, list[Any]]
-    max_staleness_s: float | None = Field(default=None, gt=0)
-
-
-class MaterializeIn(BaseModel):
-    """An event-time range; empty means incremental since the watermark."""
-
-    start: datetime | None = None
-    end: datetime | None = None
-
-
-class EraseIn(BaseModel):
-    """The entity whose data must be erased."""
-
-    entity: str
-    keys: dict[str, Any]
-
-
-def entity_table(body: HistoricalIn) -> pa.Table:
-    """The JSON entity columns as an Arrow table with an explicit-UTC timestamp column."""
-    cols = dict(body.entities)
-    ts = cols.get(body.timestamp_column)
-    if ts is None:
-        raise InvalidArgument(f"'entities' lacks the timestamp column '{body.timestamp_column}'")
-    lengths = {len(v) for v in cols.values()}
-    if len(lengths) != 1:
-        raise InvalidArgument("every entity column must have the same length")
-    cols[body.timestamp_column] = pa.array([parse_ts(v, "entity timestamp") for v in ts],
-                                           pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+def dtype_from_pb(value: int, what: str) -> ValueType:
+    """The domain type of a ``DataType``; INVALID_ARGUMENT for types the feature store does not hold."""
     try:
-        return pa.table(cols)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise InvalidArgument(f"entity columns: {exc}") from None
+        return _FROM_PB_TYPE[value]  # type: ignore[index]
+    except KeyError:
+        name = common_pb2.DataType.Name(value) if value in common_pb2.DataType.values() else str(value)
+        raise InvalidArgument(f"{what}: type {name} is not supported; use INT64, FLOAT64, STRING, BOOL or "
+                              "TIMESTAMP") from None
 
 
-def online_json(result: OnlineResult) -> dict[str, Any]:
-    """Online result: per feature, values, statuses and ages."""
-    return {"entities": result.entities, "features": {
-        name: {"values": col.values, "statuses": [s.value for s in col.statuses], "ages_s": col.ages_s}
-        for name, col in result.features.items()}}
+def _ts(us: int) -> Timestamp:
+    return Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
 
 
-def read_batches(spool: tempfile.SpooledTemporaryFile[bytes], fmt: FileFormat,
-                 batch_rows: int = 50_000) -> Iterator[pa.RecordBatch]:
-    """Record batches of an uploaded file, read incrementally (the file sits on disk, not in memory)."""
-    spool.seek(0)
-    try:
-        if fmt == "parquet":
-            yield from pq.ParquetFile(spool).iter_batches(batch_size=batch_rows)
-        elif fmt == "csv":
-            yield from pacsv.open_csv(spool, read_options=pacsv.ReadOptions(block_size=8 << 20))
-        else:
-            yield from ipc.open_stream(spool)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InvalidArgument(f"cannot read the {fmt} upload: {exc}") from None
+def ts_to_us(ts: Timestamp) -> int:
+    """Microseconds since the epoch of a protobuf Timestamp."""
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 
-def arrow_stream(first: pa.RecordBatch, batches: Iterator[pa.RecordBatch], fmt: Literal["arrow", "parquet"]
-                 ) -> Iterator[bytes]:
-    """Serialise batches as an Arrow IPC stream or a Parquet file, chunk by chunk.
+# -- scalar values ------------------------------------------------------------------------------
 
-    The caller computes ``first`` before the response starts, so that input errors still become a
-    problem response rather than a broken stream.
-    """
-    sink = io.BytesIO()
-    writer: Any = (ipc.new_stream(sink, first.schema) if fmt == "arrow"
-                   else pq.ParquetWriter(sink, first.schema))
-    for batch in _chain(first, batches):
-        writer.write_batch(batch) if fmt == "arrow" else writer.write_table(pa.Table.from_batches([batch]))
-        yield sink.getvalue()
-        sink.seek(0)
-        sink.truncate()
-    writer.close()
-    yield sink.getvalue()
+def value_from_pb(v: value_pb2.Value) -> Any:
+    """A Python value of a scalar ``Value`` (timestamps as aware datetimes); lists are refused."""
+    kind = v.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return None
+    if kind == "timestamp_val":
+        return datetime.fromtimestamp(ts_to_us(v.timestamp_val) / 1_000_000, UTC)
+    if kind.endswith("_list_val") or kind == "bytes_val":
+        raise InvalidArgument(f"value kind '{kind}' is not supported here; send scalars")
+    return getattr(v, kind)
 
 
-def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    yield first
-    yield from rest
+def columns_from_pb(columns: Mapping[str, value_pb2.RepeatedValue]) -> dict[str, list[Any]]:
+    """Columnar rows: column name → Python values; every column must have the same length."""
+    out = {name: [value_from_pb(v) for v in col.values] for name, col in columns.items()}
+    if len({len(v) for v in out.values()}) > 1:
+        raise InvalidArgument("every column must have the same number of values")
+    return out
+
+
+def rows_from_columns(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Columnar values as row dicts."""
+    names = list(columns)
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+# -- definitions --------------------------------------------------------------------------------
+
+def entity_to_pb(project: str, e: Entity) -> pb.Entity:
+    """A domain entity as a protobuf ``Entity``."""
+    types = {k.dtype for k in e.join_keys}
+    msg = pb.Entity(project=project, name=e.name, join_keys=[k.name for k in e.join_keys],
+                    description=e.description, labels=e.tags)
+    if len(types) == 1:
+        msg.value_type = _TO_PB_TYPE[types.pop()]
+    else:
+        msg.join_key_types.update({k.name: _TO_PB_TYPE[k.dtype] for k in e.join_keys})
+    return msg
+
+
+def entity_from_pb(msg: pb.Entity) -> dict[str, Any]:
+    """The definition spec of a protobuf ``Entity`` (validated by the registry)."""
+    keys = []
+    for name in msg.join_keys:
+        dtype = msg.join_key_types.get(name, msg.value_type) or common_pb2.DATA_TYPE_STRING
+        keys.append({"name": name, "dtype": dtype_from_pb(dtype, f"join key '{name}'").value})
+    return {"name": msg.name, "description": msg.description, "tags": dict(msg.labels), "join_keys": keys}
+
+
+def _struct(d: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(d)
+    return s
+
+
+def feature_view_to_pb(project: str, v: FeatureView) -> pb.FeatureView:
+    """A domain feature view as a protobuf ``FeatureView``."""
+    msg = pb.FeatureView(
+        project=project, name=v.name, entities=v.entities, online=v.online, description=v.description,
+        labels=v.tags, owner=v.owner, revision=v.version, data_source=v.source or "",
+        features=[pb.Feature(name=f.name, dtype=_TO_PB_TYPE[f.dtype], description=f.description, pii=f.pii,
+                             labels=f.tags) for f in v.features],
+        expectations=[pb.Expectation(kind=e.kind.value, feature=e.feature or "", severity="block", args=_struct(
+            {k: getattr(e, k) for k in _EXPECTATION_ARGS if getattr(e, k) is not None})) for e in v.expectations])
+    msg.governance.residency_region = v.residency_region
+    msg.governance.pii = any(f.pii for f in v.features)
+    if v.ttl_seconds:
+        msg.ttl.CopyFrom(Duration(seconds=v.ttl_seconds))
+    return msg
+
+
+def feature_view_from_pb(msg: pb.FeatureView, version: int) -> dict[str, Any]:
+    """The definition spec of a protobuf ``FeatureView`` at ``version``."""
+    expectations = []
+    for e in msg.expectations:
+        args = MessageToDict(e.args)
+        if "max_age_seconds" in args:
+            args["max_age_seconds"] = int(args["max_age_seconds"])
+        expectations.append({"kind": e.kind, **({"feature": e.feature} if e.feature else {}), **args})
+    spec: dict[str, Any] = {
+        "name": msg.name, "version": version, "entities": list(msg.entities), "description": msg.description,
+        "tags": dict(msg.labels), "owner": msg.owner, "online": msg.online, "expectations": expectations,
+        "features": [{"name": f.name, "dtype": dtype_from_pb(f.dtype, f"feature '{f.name}'").value,
+                      "description": f.description, "pii": f.pii, "tags": dict(f.labels)} for f in msg.features],
+    }
+    if msg.HasField("ttl") and msg.ttl.seconds > 0:
+        spec["ttl_seconds"] = msg.ttl.seconds
+    if msg.governance.residency_region:
+        spec["residency_region"] = msg.governance.residency_region
+    if msg.data_source:
+        spec["source"] = msg.data_source
+    return spec
+
+
+def feature_service_to_pb(project: str, s: FeatureService) -> pb.FeatureService:
+    """A domain feature service; references 'view:f1', 'view:f2' group into one projection per view."""
+    projections: dict[str, list[str]] = {}
+    for ref in s.features:
+        head, _, feature = ref.partition(":")
+        projections.setdefault(head, [])
+        if feature:
+            projections[head].append(feature)
+    return pb.FeatureService(project=project, name=s.name, description=s.description, labels=s.tags,
+                             owner=s.owner, projections=[pb.FeatureViewProjection(feature_view=h, features=f)
+                                                         for h, f in projections.items()])
+
+
+def feature_service_from_pb(msg: pb.FeatureService) -> dict[str, Any]:
+    """The definition spec of a protobuf ``FeatureService``."""
+    refs: list[str] = []
+    for p in msg.projections:
+        refs += [f"{p.feature_view}:{f}" for f in p.features] or [p.feature_view]
+    return {"name": msg.name, "description": msg.description, "tags": dict(msg.labels), "owner": msg.owner,
+            "features": refs}
+
+
+# -- online results -----------------------------------------------------------------------------
+
+def _packed(dtype: ValueType, values: list[Any]) -> value_pb2.Value:
+    if dtype == ValueType.FLOAT64:
+        return value_pb2.Value(double_list_val=value_pb2.DoubleList(values=[0.0 if v is None else v for v in values]))
+    if dtype == ValueType.STRING:
+        return value_pb2.Value(string_list_val=value_pb2.StringList(values=["" if v is None else v for v in values]))
+    if dtype == ValueType.BOOL:
+        return value_pb2.Value(bool_list_val=value_pb2.BoolList(values=[bool(v) for v in values]))
+    return value_pb2.Value(int64_list_val=value_pb2.Int64List(values=[0 if v is None else v for v in values]))
+
+
+def _infer_dtype(values: list[Any]) -> ValueType:
+    for v in values:
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            return ValueType.BOOL
+        if isinstance(v, int):
+            return ValueType.INT64
+        if isinstance(v, float):
+            return ValueType.FLOAT64
+        return ValueType.STRING
+    return ValueType.FLOAT64
+
+
+def online_to_pb(result: OnlineResult, dtypes: dict[str, ValueType], full_names: bool
+                 ) -> pb.GetOnlineFeaturesResponse:
+    """Join key columns (echoed), then one packed column per feature, in request order."""
+    n = len(next(iter(result.entities.values())))
+    columns: list[pb.FeatureColumn] = []
+    present = [pb.FEATURE_STATUS_PRESENT] * n
+    zero_age = [0] * n
+    for name, values in result.entities.items():
+        dtype = _infer_dtype(values)
+        columns.append(pb.FeatureColumn(name=name, dtype=_TO_PB_TYPE[dtype], values=_packed(dtype, values),
+                                        statuses=present, age_ms=zero_age))
+    ages_cache: dict[int, list[int]] = {}
+    status_cache: dict[int, list[int]] = {}
+    seen: set[str] = set()
+    for name, col in result.features.items():
+        out_name = name if full_names else name.partition(SEP)[2]
+        if out_name in seen:
+            raise InvalidArgument(f"two requested features are both called '{out_name}'; set "
+                                  "full_feature_names to name columns 'view__feature'")
+        seen.add(out_name)
+        dtype = dtypes.get(name) or _infer_dtype(col.values)
+        ages = ages_cache.get(id(col.ages_s))
+        if ages is None:
+            ages = ages_cache[id(col.ages_s)] = [-1 if a is None else int(a * 1000) for a in col.ages_s]
+        codes = status_cache.get(id(col.statuses))
+        if codes is None:
+            codes = status_cache[id(col.statuses)] = [_STATUS[s] for s in col.statuses]
+        if None in col.values:  # a PRESENT value stored as null says so
+            codes = [_NULL if v is None and c == pb.FEATURE_STATUS_PRESENT else c
+                     for v, c in zip(col.values, codes, strict=True)]
+        columns.append(pb.FeatureColumn(name=out_name, dtype=_TO_PB_TYPE[dtype], values=_packed(dtype, col.values),
+                                        statuses=codes, age_ms=ages))
+    return pb.GetOnlineFeaturesResponse(columns=columns, row_count=n)
+
+
+def job_to_pb(project: str, runs: list[dict[str, Any]]) -> pb.MaterializationJob:
+    """Materialization runs (one per view) as one finished job."""
+    first = runs[0]
+    job = pb.MaterializationJob(project=project, id=first["id"], feature_views=[r["view"] for r in runs],
+                                state=pb.JOB_STATE_SUCCEEDED, run_ids=[r["id"] for r in runs],
+                                rows_written=sum(int(r["entities_written"]) for r in runs))
+    if first.get("from_us") is not None:
+        job.start_time.CopyFrom(_ts(first["from_us"]))
+    if first.get("to_us") is not None:
+        job.end_time.CopyFrom(_ts(first["to_us"]))
+    job.create_time.CopyFrom(_ts(min(r["started_us"] for r in runs)))
+    job.finish_time.CopyFrom(_ts(max(r["finished_us"] for r in runs)))
+    return job

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from mlp_core.auth import CurrentPrincipal
 from mlp_core.errors import InvalidArgument, PayloadTooLarge
-from mlp_feature_store.api.converters import (
+from mlp_feature_store.api.rest_io import (
     EraseIn,
     FileFormat,
     HistoricalIn,

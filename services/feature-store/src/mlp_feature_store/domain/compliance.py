@@ -9,7 +9,7 @@ from typing import Any
 
 from mlp_core.errors import InvalidArgument
 from mlp_feature_store.domain.access import READ, WRITE, Caller, authorize
-from mlp_feature_store.domain.events import ENTITY_ERASED, EventPublisher
+from mlp_feature_store.domain.events import ENTITY_ERASED, DomainEvent
 from mlp_feature_store.domain.ingest import ConversionError, convert
 from mlp_feature_store.domain.models import Entity, FeatureService, FeatureView
 from mlp_feature_store.domain.regions import Regions
@@ -21,12 +21,10 @@ from mlp_feature_store.store.base import RunStore, ViewLayout
 class ComplianceService:
     """GDPR Art. 17 erasure, metadata search and lineage."""
 
-    def __init__(self, registry: RegistryService, regions: Regions, runs: RunStore,
-                 events: EventPublisher) -> None:
+    def __init__(self, registry: RegistryService, regions: Regions, runs: RunStore) -> None:
         self.registry = registry
         self.regions = regions
         self.runs = runs
-        self.events = events
 
     def erase(self, caller: Caller, project: str, entity: str, keys: dict[str, Any]) -> dict[str, Any]:
         """Delete one entity's rows from every version of every view that uses it, offline and online."""
@@ -39,8 +37,9 @@ class ComplianceService:
             typed = {k.name: convert(k.dtype, keys[k.name]) for k in ent.join_keys}
         except ConversionError as exc:
             raise InvalidArgument(f"bad key value: {exc}") from exc
-        offline_rows = online_keys = 0
+        offline_rows = online_keys = quarantined = 0
         views: list[str] = []
+        names: set[tuple[str, str]] = set()
         for stored in self.registry.store.query(project, "feature_view", latest_only=False):
             view = FeatureView.model_validate(stored.spec)
             if entity not in view.entities:
@@ -49,14 +48,18 @@ class ComplianceService:
             stores = self.regions.get(view.residency_region)
             offline_rows += stores.offline.erase(layout, typed)
             online_keys += stores.online.erase(layout, typed)
+            if (view.name, view.residency_region) not in names:  # quarantine rows are per view, any version
+                names.add((view.name, view.residency_region))
+                quarantined += stores.offline.erase_quarantined(project, view.name, typed)
             views.append(f"{view.name}@{view.version}")
         digest = hashlib.sha256(json.dumps(typed, sort_keys=True).encode()).hexdigest()
         record = {"id": str(uuid.uuid4()), "project": project, "entity": entity, "key_digest": digest,
                   "requested_by": caller.subject, "offline_rows": offline_rows, "online_keys": online_keys,
-                  "detail": json.dumps({"views": views}), "erased_us": now_us()}
-        self.runs.record_erasure(record)
-        self.events.publish(ENTITY_ERASED, f"{project}/{entity}/{digest[:16]}", {
+                  "detail": json.dumps({"views": views, "quarantined_rows": quarantined}),
+                  "erased_us": now_us()}
+        event = DomainEvent(ENTITY_ERASED, f"{project}/{entity}/{digest[:16]}", {
             k: record[k] for k in ("id", "project", "entity", "key_digest", "offline_rows", "online_keys")})
+        self.runs.record_erasure(record, [event])
         return record
 
     def erasures(self, caller: Caller, project: str) -> list[dict[str, Any]]:

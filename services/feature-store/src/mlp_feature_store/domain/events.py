@@ -1,7 +1,13 @@
-"""Events the feature store emits (CloudEvents types) and the port that publishes them."""
+"""Events the feature store emits (CloudEvents types) and the port the stores write them through.
+
+A state change and the event that describes it commit together: the domain hands ``DomainEvent``s to
+the store method that makes the change, and the store adds them to its transaction through an
+``EventSink`` (the transactional outbox in production, a list in tests).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 SOURCE = "mlp.feature-store"
@@ -12,22 +18,31 @@ MATERIALIZATION_COMPLETED = "mlp.feature-store.materialization-completed"
 ENTITY_ERASED = "mlp.feature-store.entity-erased"
 
 
-class EventPublisher(Protocol):
-    """Where domain events go (an outbox in production, a list in tests)."""
+@dataclass(frozen=True)
+class DomainEvent:
+    """One event to publish: its type, the subject (the Kafka key) and a JSON object."""
 
-    def publish(self, type: str, subject: str, data: dict[str, Any]) -> None:
-        """Record one event for delivery."""
+    type: str
+    subject: str
+    data: dict[str, Any]
 
 
-class RecordingPublisher:
-    """Keeps events in memory; for tests and for running without Kafka."""
+class EventSink(Protocol):
+    """Adds events to the caller's open transaction (a SQLAlchemy ``Session`` or ``Connection``)."""
+
+    def add(self, tx: Any, event: DomainEvent) -> None:
+        """Record ``event`` so that it commits or rolls back with ``tx``."""
+
+
+class RecordingSink:
+    """Keeps events in memory (for tests); it cannot roll back, so only use it where that is fine."""
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str, dict[str, Any]]] = []
 
-    def publish(self, type: str, subject: str, data: dict[str, Any]) -> None:
+    def add(self, tx: Any, event: DomainEvent) -> None:
         """Append the event."""
-        self.events.append((type, subject, data))
+        self.events.append((event.type, event.subject, event.data))
 
     def of_type(self, type: str) -> list[dict[str, Any]]:
         """Data of the recorded events of one type."""

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from mlp_core.errors import InvalidArgument
 from mlp_feature_store.domain.models import ExpectationKind, FeatureView, ValueType
+from mlp_feature_store.domain.quality import failing_rows
 from mlp_feature_store.domain.timeutil import parse_ts, to_us
 from mlp_feature_store.store.base import PreparedBatch, ViewLayout
 from mlp_feature_store.store.offline_tables import feat_col, key_col
@@ -138,6 +139,7 @@ class BatchPreparer:
         view = self.layout.view
         cols = {name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)}
         good: list[dict[str, Any]] = []
+        good_raw: list[dict[str, Any]] = []
         bad: list[tuple[dict[str, Any], list[str]]] = []
         for i in range(batch.num_rows):
             raw = {name: values[i] for name, values in cols.items()}
@@ -148,7 +150,22 @@ class BatchPreparer:
                 bad.append((_jsonable(raw), reasons))
             else:
                 good.append(row)
+                good_raw.append(raw)
+        for i, exp in enumerate(view.expectations):
+            if exp.kind == ExpectationKind.SQL and good and exp.query:
+                failing = self._sql_failures(exp.query, good)
+                if failing:
+                    reason = f"sql:expectation {i}: selected by the SQL expectation"
+                    bad += [(_jsonable(good_raw[j]), [reason]) for j in sorted(failing) if j < len(good)]
+                    good = [r for j, r in enumerate(good) if j not in failing]
+                    good_raw = [r for j, r in enumerate(good_raw) if j not in failing]
         return PreparedBatch(good=good, bad=bad)
+
+    def _sql_failures(self, query: str, good: list[dict[str, Any]]) -> set[int]:
+        names = [*self.layout.key_names, "event_ts", *[f.name for f in self.layout.view.features]]
+        cols = [*[key_col(k) for k in self.layout.key_names], "event_ts",
+                *[feat_col(f.name) for f in self.layout.view.features]]
+        return failing_rows(query, names, [[row.get(c) for c in cols] for row in good])
 
     def _convert_row(self, view: FeatureView, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         row: dict[str, Any] = {}

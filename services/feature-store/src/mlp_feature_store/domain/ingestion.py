@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from mlp_core.errors import InvalidArgument
 from mlp_feature_store.domain.access import WRITE, Caller, authorize
-from mlp_feature_store.domain.events import INGESTION_COMPLETED, QUALITY_FAILED, EventPublisher
+from mlp_feature_store.domain.events import INGESTION_COMPLETED, QUALITY_FAILED, DomainEvent
 from mlp_feature_store.domain.ingest import BatchPreparer
 from mlp_feature_store.domain.regions import Regions
 from mlp_feature_store.domain.registry import RegistryService
 from mlp_feature_store.domain.timeutil import now_us
 from mlp_feature_store.store.base import IngestResult, PreparedBatch
+
+if TYPE_CHECKING:
+    from mlp_feature_store.domain.quality import QualityMetrics
 
 
 def rows_to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
@@ -40,10 +43,11 @@ def rows_to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
 class IngestionService:
     """Writes rows to a view's offline store in its residency region; bad rows are quarantined."""
 
-    def __init__(self, registry: RegistryService, regions: Regions, events: EventPublisher) -> None:
+    def __init__(self, registry: RegistryService, regions: Regions) -> None:
         self.registry = registry
         self.regions = regions
-        self.events = events
+        #: Counts rows per outcome for Prometheus, when set.
+        self.quality: QualityMetrics | None = None
 
     def ingest(self, caller: Caller, project: str, view: str, batches: Iterable[pa.RecordBatch], *,
                timestamp_column: str = "event_timestamp", source: str = "api",
@@ -56,31 +60,38 @@ class IngestionService:
         preparer = BatchPreparer(layout, timestamp_column, now)
         result = IngestResult(run_id=str(uuid.uuid4()), ingested_us=now)
         prepared: Iterable[PreparedBatch] = preparer.prepare(batches)
-        done = stores.offline.write(layout, prepared, result, source, receipt=receipt)
-        if done is None:
-            return None
-        if done.rows_in == 0:
-            raise InvalidArgument("the input holds no rows")
-        data = {"project": project, "view": view, "version": layout.view.version, "run_id": done.run_id,
-                "rows_in": done.rows_in, "rows_written": done.rows_written,
-                "rows_quarantined": done.rows_quarantined, "failures": done.failures}
-        self.events.publish(INGESTION_COMPLETED, f"{project}/{view}", data)
-        if done.rows_quarantined:
-            self.events.publish(QUALITY_FAILED, f"{project}/{view}", data)
+
+        def events(done: IngestResult) -> list[DomainEvent]:
+            if done.rows_in == 0:
+                raise InvalidArgument("the input holds no rows")  # rolls the ingest back
+            data = {"project": project, "view": view, "version": layout.view.version, "run_id": done.run_id,
+                    "rows_in": done.rows_in, "rows_written": done.rows_written,
+                    "rows_quarantined": done.rows_quarantined, "failures": done.failures}
+            out = [DomainEvent(INGESTION_COMPLETED, f"{project}/{view}", data)]
+            if done.rows_quarantined:
+                out.append(DomainEvent(QUALITY_FAILED, f"{project}/{view}", data))
+            return out
+
+        done = stores.offline.write(layout, prepared, result, source, receipt=receipt, events=events)
+        if done is not None and self.quality is not None:
+            self.quality.observe(project, view, done)
         return done
 
     def push(self, caller: Caller, project: str, view: str, rows: list[dict[str, Any]], *, event_id: str,
              timestamp_column: str = "event_timestamp") -> IngestResult | None:
-        """Streaming push: append offline and update online, idempotently per ``event_id``."""
+        """Streaming push: append offline and update online, idempotently per ``event_id``.
+
+        A repeated ``event_id`` writes nothing offline but re-applies that push's rows online (the
+        write-if-newer rule makes it a no-op when they are there), so a crash between the offline commit
+        and the online write heals on redelivery.
+        """
         result = self.ingest(caller, project, view, [rows_to_batch(rows)], timestamp_column=timestamp_column,
                              source="push", receipt=event_id)
-        if result is None or not result.rows_written:
-            return result
         layout = self.registry.layout(project, view)
         stores = self.regions.get(layout.view.residency_region)
-        if layout.view.online:
-            fresh = stores.offline.latest_rows(layout, after_ingested_us=result.ingested_us - 1,
-                                               until_ingested_us=result.ingested_us)
+        ingested = result.ingested_us if result is not None else stores.offline.receipt_time(event_id)
+        if layout.view.online and ingested is not None and (result is None or result.rows_written):
+            fresh = stores.offline.latest_rows(layout, after_ingested_us=ingested - 1, until_ingested_us=ingested)
             stores.online.write(layout, fresh)
         return result
 

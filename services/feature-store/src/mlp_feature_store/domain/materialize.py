@@ -14,7 +14,7 @@ from typing import Any
 
 from mlp_core.errors import FailedPrecondition, InvalidArgument
 from mlp_feature_store.domain.access import WRITE, Caller, authorize
-from mlp_feature_store.domain.events import MATERIALIZATION_COMPLETED, EventPublisher
+from mlp_feature_store.domain.events import MATERIALIZATION_COMPLETED, DomainEvent
 from mlp_feature_store.domain.regions import Regions
 from mlp_feature_store.domain.registry import RegistryService
 from mlp_feature_store.domain.timeutil import now_us
@@ -49,12 +49,10 @@ class _Counter:
 class MaterializationService:
     """Runs batch materialization for feature views and records every run."""
 
-    def __init__(self, registry: RegistryService, regions: Regions, runs: RunStore, events: EventPublisher,
-                 settle_s: float = 5.0) -> None:
+    def __init__(self, registry: RegistryService, regions: Regions, runs: RunStore, settle_s: float = 5.0) -> None:
         self.registry = registry
         self.regions = regions
         self.runs = runs
-        self.events = events
         self.settle_us = int(settle_s * 1_000_000)
 
     def materialize(self, caller: Caller, project: str, view: str, *, start_us: int | None = None,
@@ -81,10 +79,9 @@ class MaterializationService:
             "id": run.id, "project": project, "view": view, "version": run.version, "mode": run.mode,
             "from_us": start_us if not incremental else watermark, "to_us": end_us if not incremental else until,
             "rows_read": run.rows_read, "entities_written": written, "started_us": started,
-            "finished_us": now_us()}, new_watermark)
-        self.events.publish(MATERIALIZATION_COMPLETED, f"{project}/{view}", {
-            "project": project, "view": view, "version": run.version, "run_id": run.id, "mode": run.mode,
-            "rows_read": run.rows_read, "entities_written": written})
+            "finished_us": now_us()}, new_watermark, [DomainEvent(MATERIALIZATION_COMPLETED, f"{project}/{view}", {
+                "project": project, "view": view, "version": run.version, "run_id": run.id, "mode": run.mode,
+                "rows_read": run.rows_read, "entities_written": written})])
         return run
 
     def history(self, caller: Caller, project: str, view: str) -> list[dict[str, Any]]:

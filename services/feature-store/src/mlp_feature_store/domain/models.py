@@ -121,6 +121,7 @@ class ExpectationKind(StrEnum):
     ALLOWED_VALUES = "allowed_values"
     UNIQUE = "unique"
     FRESHNESS = "freshness"
+    SQL = "sql"
 
 
 class Expectation(BaseModel):
@@ -133,6 +134,8 @@ class Expectation(BaseModel):
     max: float | None = None
     values: list[Any] | None = None
     max_age_seconds: int | None = None
+    query: str | None = Field(default=None, description="sql: one SELECT returning row_idx of failing rows "
+                                                        "from the table 'batch'")
 
     @model_validator(mode="after")
     def _complete(self) -> Expectation:
@@ -145,6 +148,12 @@ class Expectation(BaseModel):
             raise ValueError("allowed_values expectation needs a non-empty 'values'")
         if self.kind == ExpectationKind.FRESHNESS and not self.max_age_seconds:
             raise ValueError("freshness expectation needs 'max_age_seconds'")
+        if self.kind == ExpectationKind.SQL:
+            from mlp_feature_store.domain.quality import validate_select
+
+            validate_select(self.query or "")
+        elif self.query is not None:
+            raise ValueError("'query' belongs to sql expectations only")
         return self
 
 

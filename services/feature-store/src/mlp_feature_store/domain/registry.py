@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from mlp_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from mlp_feature_store.domain.access import READ, WRITE, Caller, authorize
 from mlp_feature_store.domain.compat import breaking_changes, compatible_changes
-from mlp_feature_store.domain.events import DEFINITION_APPLIED, EventPublisher
+from mlp_feature_store.domain.events import DEFINITION_APPLIED, DomainEvent
 from mlp_feature_store.domain.models import (
     DataSource,
     Entity,
@@ -22,7 +22,7 @@ from mlp_feature_store.domain.models import (
 )
 from mlp_feature_store.domain.regions import Regions
 from mlp_feature_store.domain.transforms import TransformRegistry
-from mlp_feature_store.store.base import RegistryStore, StoredDefinition, ViewLayout
+from mlp_feature_store.store.base import DefinitionWrite, RegistryStore, StoredDefinition, ViewLayout
 
 KINDS: dict[str, type[BaseModel]] = {
     "entity": Entity,
@@ -69,12 +69,12 @@ def parse_definition(kind: str, spec: dict[str, Any]) -> BaseModel:
 class RegistryService:
     """Definitions per project; every method checks tenancy and scope first."""
 
-    def __init__(self, store: RegistryStore, regions: Regions, transforms: TransformRegistry,
-                 events: EventPublisher) -> None:
+    def __init__(self, store: RegistryStore, regions: Regions, transforms: TransformRegistry) -> None:
         self.store = store
         self.regions = regions
         self.transforms = transforms
-        self.events = events
+        #: Bumped by every local change, so that caches of resolved definitions drop stale entries.
+        self.generation = 0
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -136,6 +136,7 @@ class RegistryService:
         if users:
             raise FailedPrecondition(f"{kind} '{name}' is used by {users}; change or delete those first")
         self.store.delete(project, kind, name)
+        self.generation += 1
 
     def _referrers(self, project: str, kind: str, name: str) -> list[str]:
         users: list[str] = []
@@ -171,16 +172,26 @@ class RegistryService:
         if errors:
             raise FailedPrecondition("the definitions cannot be applied: " + "; ".join(
                 f"{e['kind']} '{e['name']}': {e['msg']}" for e in errors), errors=errors)
+        writes: list[DefinitionWrite] = []
+        events: list[DomainEvent] = []
+        planned = {(c.kind, c.name): c.definition for c in plan if c.definition is not None}
         for change in plan:
             if change.action == "unchanged" or change.definition is None:
                 continue
             definition = change.definition
             if isinstance(definition, FeatureView):
-                layout = ViewLayout(project, definition, tuple(self._keys(project, definition.entities)))
+                # DDL first (idempotent): an apply that then fails leaves at most an unused empty table.
+                keys = self._keys(project, definition.entities, planned)
+                layout = ViewLayout(project, definition, tuple(keys))
                 self.regions.get(definition.residency_region).offline.ensure_table(layout)
-            self.store.put(project, change.kind, change.name, change.version, definition.model_dump(mode="json"))
-            self.events.publish(DEFINITION_APPLIED, f"{project}/{change.kind}/{change.name}",
-                                {"project": project, **change.as_dict()})
+            writes.append(DefinitionWrite(change.kind, change.name, change.version,
+                                          definition.model_dump(mode="json")))
+            events.append(DomainEvent(DEFINITION_APPLIED, f"{project}/{change.kind}/{change.name}",
+                                      {"project": project, **change.as_dict()}))
+        if writes:
+            # Every definition of the apply and its events commit together (or not at all).
+            self.store.put_all(project, writes, events)
+            self.generation += 1
         return plan
 
     # -- planning ----------------------------------------------------------------------------

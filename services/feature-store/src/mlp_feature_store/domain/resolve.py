@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mlp_core.errors import InvalidArgument
-from mlp_feature_store.domain.models import FeatureService, OnDemandTransformation
+from mlp_feature_store.domain.models import FeatureService, OnDemandTransformation, ValueType
 from mlp_feature_store.domain.registry import RegistryService, split_ref
 from mlp_feature_store.store.base import ViewLayout
 
@@ -29,6 +29,7 @@ class Resolved:
     transforms: list[tuple[OnDemandTransformation, list[str]]] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     pii: list[str] = field(default_factory=list)
+    dtypes: dict[str, ValueType] = field(default_factory=dict)
 
     @property
     def region(self) -> str:
@@ -62,6 +63,7 @@ def resolve(registry: RegistryService, project: str, features: list[str] | None,
                 _add_view_feature(registry, project, out, inp, hidden=True)
             out.transforms.append((odt, wanted))
             _add_outputs(out, [f"{name}{SEP}{w}" for w in wanted])
+            out.dtypes.update({f"{name}{SEP}{o.name}": o.dtype for o in odt.outputs if o.name in wanted})
             pii_inputs = [i for i in odt.inputs if _is_pii(out, i)]
             out.pii += [f"{name}:{o.name}" for o in odt.outputs if o.name in wanted and (o.pii or pii_inputs)]
             continue
@@ -109,5 +111,6 @@ def _add_view_feature(registry: RegistryService, project: str, out: Resolved, re
     if feature not in part.features:
         part.features.append(feature)
         _add_outputs(out, [f"{name}{SEP}{feature}"])
+        out.dtypes[f"{name}{SEP}{feature}"] = spec.dtype
         if spec.pii:
             out.pii.append(f"{name}:{feature}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -12,12 +13,13 @@ import pyarrow as pa
 from mlp_core.errors import InvalidArgument
 from mlp_feature_store.domain.access import READ, Caller, authorize, require_pii
 from mlp_feature_store.domain.ingest import ConversionError, convert
+from mlp_feature_store.domain.models import ValueType
 from mlp_feature_store.domain.regions import Regions
 from mlp_feature_store.domain.registry import RegistryService
 from mlp_feature_store.domain.resolve import SEP, Resolved, resolve
 from mlp_feature_store.domain.timeutil import now_us
 from mlp_feature_store.domain.transforms import TransformRegistry
-from mlp_feature_store.store.base import PitRequest, ViewLayout
+from mlp_feature_store.store.base import OnlineValue, PitRequest, ViewLayout
 
 
 class ValueStatus(StrEnum):
@@ -47,15 +49,21 @@ class OnlineResult:
 
     entities: dict[str, list[Any]]
     features: dict[str, FeatureColumn]
+    dtypes: dict[str, ValueType] = field(default_factory=dict)
 
 
 class RetrievalService:
     """Historical (point-in-time) and online reads, with transformations and the PII rule."""
 
-    def __init__(self, registry: RegistryService, regions: Regions, transforms: TransformRegistry) -> None:
+    def __init__(self, registry: RegistryService, regions: Regions, transforms: TransformRegistry,
+                 cache_s: float = 2.0) -> None:
         self.registry = registry
         self.regions = regions
         self.transforms = transforms
+        #: How long an online read reuses a feature resolution; local applies invalidate it at once,
+        #: other replicas' applies become visible within this time.
+        self.cache_s = cache_s
+        self._cache: dict[tuple[Any, ...], tuple[float, Resolved]] = {}
 
     def _resolve(self, caller: Caller, project: str, features: list[str] | None,
                  feature_service: str | None) -> Resolved:
@@ -104,37 +112,30 @@ class RetrievalService:
     def online(self, caller: Caller, project: str, entities: dict[str, list[Any]], *,
                features: list[str] | None = None, feature_service: str | None = None,
                max_staleness_s: float | None = None, now: int | None = None) -> OnlineResult:
-        """The latest value of each feature per entity, with status and age; expired values are missing."""
-        resolved = self._resolve(caller, project, features, feature_service)
+        """The latest value of each feature per entity, with status and age; expired values are missing.
+
+        Column-wise: one status and age per (view, entity) is shared by all features of that view, and
+        each feature column is built with one list comprehension.
+        """
+        resolved = self._resolve_cached(caller, project, features, feature_service)
         n = _entity_count(entities)
         now = now if now is not None else now_us()
         stores = self.regions.get(resolved.region)
+        converted: dict[str, list[Any]] = {}
         requests: list[tuple[ViewLayout, list[str], list[tuple[Any, ...]]]] = []
         for part in resolved.views.values():
-            keys = _entity_keys(part.layout, entities, n)
+            keys = _entity_keys(part.layout, entities, n, converted)
             requests.append((part.layout, part.features + sorted(part.hidden), keys))
         stored = stores.online.read(requests) if requests else []
         columns: dict[str, FeatureColumn] = {}
-        for (layout, names, _keys), values in zip(requests, stored, strict=True):
-            ttl_us = (layout.view.ttl_seconds or 0) * 1_000_000
+        stale_us = None if max_staleness_s is None else max_staleness_s * 1_000_000
+        for (layout, names, _keys), records in zip(requests, stored, strict=True):
+            statuses, ages = _statuses(records, now, (layout.view.ttl_seconds or 0) * 1_000_000, stale_us)
+            present = [rec.values if st is _PRESENT and rec is not None else _EMPTY
+                       for rec, st in zip(records, statuses, strict=True)]
             for fname in names:
-                col = FeatureColumn()
-                for v in values:
-                    if v is None:
-                        col.values.append(None)
-                        col.statuses.append(ValueStatus.NOT_FOUND)
-                        col.ages_s.append(None)
-                        continue
-                    age = now - v.event_us
-                    status = ValueStatus.PRESENT
-                    if ttl_us and age > ttl_us:
-                        status = ValueStatus.EXPIRED
-                    elif max_staleness_s is not None and age > max_staleness_s * 1_000_000:
-                        status = ValueStatus.STALE
-                    col.values.append(v.values[fname] if status == ValueStatus.PRESENT else None)
-                    col.statuses.append(status)
-                    col.ages_s.append(age / 1_000_000)
-                columns[f"{layout.view.name}{SEP}{fname}"] = col
+                columns[f"{layout.view.name}{SEP}{fname}"] = FeatureColumn(
+                    [vals.get(fname) for vals in present], statuses, ages)
         for odt, wanted in resolved.transforms:
             inputs = [columns[_ref_column(ref)] for ref in odt.inputs]
             result = self.transforms.run(odt.function, {ref: c.values for ref, c in zip(
@@ -142,8 +143,51 @@ class RetrievalService:
             statuses = [max((c.statuses[i] for c in inputs), key=_WORST.index) for i in range(n)]
             ages = [max([a for c in inputs if (a := c.ages_s[i]) is not None], default=None) for i in range(n)]
             for w in wanted:
-                columns[f"{odt.name}{SEP}{w}"] = FeatureColumn(list(result[w]), list(statuses), list(ages))
-        return OnlineResult(entities=entities, features={name: columns[name] for name in resolved.outputs})
+                columns[f"{odt.name}{SEP}{w}"] = FeatureColumn(list(result[w]), statuses, ages)
+        return OnlineResult(entities=entities, features={name: columns[name] for name in resolved.outputs},
+                            dtypes=resolved.dtypes)
+
+    def _resolve_cached(self, caller: Caller, project: str, features: list[str] | None,
+                        feature_service: str | None) -> Resolved:
+        """``_resolve`` with the resolution cached for ``cache_s`` (the access checks always run)."""
+        authorize(caller, project, READ)
+        key = (project, tuple(features or ()), feature_service, self.registry.generation)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            resolved = hit[1]
+        else:
+            resolved = resolve(self.registry, project, features, feature_service)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = (now + self.cache_s, resolved)
+        require_pii(caller, resolved.pii)
+        return resolved
+
+
+_PRESENT = ValueStatus.PRESENT
+_EMPTY: dict[str, Any] = {}
+
+
+def _statuses(records: list[OnlineValue | None], now: int, ttl_us: int, stale_us: float | None
+              ) -> tuple[list[ValueStatus], list[float | None]]:
+    """Per entity record: its status (not found, expired by TTL, stale, present) and age in seconds."""
+    statuses: list[ValueStatus] = []
+    ages: list[float | None] = []
+    for rec in records:
+        if rec is None:
+            statuses.append(ValueStatus.NOT_FOUND)
+            ages.append(None)
+            continue
+        age = now - rec.event_us
+        if ttl_us and age > ttl_us:
+            statuses.append(ValueStatus.EXPIRED)
+        elif stale_us is not None and age > stale_us:
+            statuses.append(ValueStatus.STALE)
+        else:
+            statuses.append(_PRESENT)
+        ages.append(age / 1_000_000)
+    return statuses, ages
 
 
 def _ref_column(ref: str) -> str:
@@ -161,13 +205,22 @@ def _entity_count(entities: dict[str, list[Any]]) -> int:
     return n
 
 
-def _entity_keys(layout: ViewLayout, entities: dict[str, list[Any]], n: int) -> list[tuple[Any, ...]]:
+def _entity_keys(layout: ViewLayout, entities: dict[str, list[Any]], n: int,
+                 converted: dict[str, list[Any]]) -> list[tuple[Any, ...]]:
+    """Typed key tuples of one view; ``converted`` memoizes key columns shared by several views."""
     columns = []
     for key in layout.keys:
         if key.name not in entities:
             raise InvalidArgument(f"feature view '{layout.view.name}' needs join key '{key.name}'")
-        try:
-            columns.append([convert(key.dtype, v) for v in entities[key.name]])
-        except ConversionError as exc:
-            raise InvalidArgument(f"join key '{key.name}': {exc}") from exc
-    return [tuple(c[i] for c in columns) for i in range(n)]
+        cache_key = f"{key.name}:{key.dtype}"
+        column = converted.get(cache_key)
+        if column is None:
+            try:
+                column = [convert(key.dtype, v) for v in entities[key.name]]
+            except ConversionError as exc:
+                raise InvalidArgument(f"join key '{key.name}': {exc}") from exc
+            converted[cache_key] = column
+        columns.append(column)
+    if len(columns) == 1:
+        return [(v,) for v in columns[0]]
+    return list(zip(*columns, strict=True))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlp_feature_store.domain.compliance import ComplianceService
-from mlp_feature_store.domain.events import EventPublisher
 from mlp_feature_store.domain.ingestion import IngestionService
 from mlp_feature_store.domain.materialize import MaterializationService
 from mlp_feature_store.domain.regions import Regions
@@ -26,15 +25,16 @@ class FeatureStoreService:
     compliance: ComplianceService
 
     @classmethod
-    def build(cls, registry_store: RegistryStore, runs: RunStore, regions: Regions, events: EventPublisher,
-              transforms: TransformRegistry | None = None, settle_s: float = 5.0) -> FeatureStoreService:
-        """Wire the services over the given stores."""
+    def build(cls, registry_store: RegistryStore, runs: RunStore, regions: Regions,
+              transforms: TransformRegistry | None = None, settle_s: float = 5.0,
+              cache_s: float = 2.0) -> FeatureStoreService:
+        """Wire the services over the given stores (the stores carry the event sink)."""
         transforms = transforms or TransformRegistry()
-        registry = RegistryService(registry_store, regions, transforms, events)
+        registry = RegistryService(registry_store, regions, transforms)
         return cls(
             registry=registry,
-            retrieval=RetrievalService(registry, regions, transforms),
-            ingestion=IngestionService(registry, regions, events),
-            materialization=MaterializationService(registry, regions, runs, events, settle_s),
-            compliance=ComplianceService(registry, regions, runs, events),
+            retrieval=RetrievalService(registry, regions, transforms, cache_s),
+            ingestion=IngestionService(registry, regions),
+            materialization=MaterializationService(registry, regions, runs, settle_s),
+            compliance=ComplianceService(registry, regions, runs),
         )

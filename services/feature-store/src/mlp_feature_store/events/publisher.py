@@ -1,24 +1,24 @@
-"""Publishes domain events through the transactional outbox of ``mlp_core.events``."""
+"""The transactional outbox of ``mlp_core.events`` as the feature store's ``EventSink``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from mlp_core.db import Database
 from mlp_core.events import Outbox
+from mlp_feature_store.domain.events import DomainEvent
 
 
-class OutboxPublisher:
-    """``EventPublisher`` that writes each event to the service database's outbox table.
+class OutboxSink:
+    """Writes each event into the outbox table of the database whose transaction it joins.
 
-    The relay (``OutboxRelay``) delivers them to Kafka, so a broker outage delays events, never loses them.
+    The row commits or rolls back with the state change; an ``OutboxRelay`` per database publishes it,
+    so a broker outage delays events and a failed change never emits one.
     """
 
-    def __init__(self, db: Database, source: str = "/mlp/feature-store") -> None:
-        self.db = db
+    def __init__(self, source: str = "/mlp/feature-store") -> None:
         self.outbox = Outbox(source)
 
-    def publish(self, type: str, subject: str, data: dict[str, Any]) -> None:
-        """Record the event in the outbox (its own transaction; see the report on atomicity)."""
-        with self.db.session() as session:
-            self.outbox.add(session, type=type, subject=subject, data=data, tenant=data.get("project"))
+    def add(self, tx: Any, event: DomainEvent) -> None:
+        """Insert the outbox row with ``tx`` (a Session or Connection inside a transaction)."""
+        self.outbox.add(tx, type=event.type, subject=event.subject, data=event.data,
+                        tenant=event.data.get("project"))

@@ -6,13 +6,17 @@ Each backend implements one of these; contract tests run every implementation th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
+from mlp_feature_store.domain.events import DomainEvent
 from mlp_feature_store.domain.models import FeatureView, JoinKey
+
+#: Builds the events of an ingest from its result, inside the write transaction (it may raise to abort).
+IngestEvents = Callable[["IngestResult"], Sequence[DomainEvent]]
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,16 @@ class StoredDefinition:
     updated_us: int
 
 
+@dataclass(frozen=True)
+class DefinitionWrite:
+    """One definition version to insert or replace."""
+
+    kind: str
+    name: str
+    version: int
+    spec: dict[str, Any]
+
+
 class RegistryStore(ABC):
     """Versioned definitions per project and kind."""
 
@@ -41,8 +55,16 @@ class RegistryStore(ABC):
         """Definitions of a project (every project when None), newest version of each by default."""
 
     @abstractmethod
+    def put_all(self, project: str, writes: Sequence[DefinitionWrite], events: Sequence[DomainEvent] = ()
+                ) -> list[StoredDefinition]:
+        """Insert new versions or replace specs, plus ``events``, in ONE transaction.
+
+        Raises ``Conflict`` when another writer inserted one of the same versions meanwhile.
+        """
+
     def put(self, project: str, kind: str, name: str, version: int, spec: dict[str, Any]) -> StoredDefinition:
-        """Insert a new version or replace the spec of an existing one."""
+        """Insert a new version or replace the spec of an existing one (no event)."""
+        return self.put_all(project, [DefinitionWrite(kind, name, version, spec)])[0]
 
     @abstractmethod
     def delete(self, project: str, kind: str, name: str) -> int:
@@ -101,12 +123,18 @@ class OfflineStore(ABC):
 
     @abstractmethod
     def write(self, layout: ViewLayout, batches: Iterable[PreparedBatch], result: IngestResult,
-              source: str, receipt: str | None = None) -> IngestResult | None:
-        """Append good rows and quarantine bad ones in ONE transaction, with the ingestion run record.
+              source: str, receipt: str | None = None, events: IngestEvents | None = None
+              ) -> IngestResult | None:
+        """Append good rows and quarantine bad ones in ONE transaction, with the ingestion run record
+        and the events that ``events(result)`` returns.
 
         ``receipt``: an event id recorded in the same transaction; if it was recorded before, nothing is
         written and None is returned (idempotent push ingestion).
         """
+
+    @abstractmethod
+    def receipt_time(self, receipt: str) -> int | None:
+        """The ingestion time (µs) of the push recorded under ``receipt``; None if unknown."""
 
     @abstractmethod
     def historical(self, requests: Sequence[PitRequest], entity_rows: pa.Table, ts_column: str,
@@ -122,6 +150,10 @@ class OfflineStore(ABC):
     @abstractmethod
     def erase(self, layout: ViewLayout, key_values: dict[str, Any]) -> int:
         """Delete every row whose keys match ``key_values`` (a subset of the view's keys)."""
+
+    @abstractmethod
+    def erase_quarantined(self, project: str, view: str, key_values: dict[str, Any]) -> int:
+        """Delete the view's quarantined rows (any version) whose raw keys match ``key_values``."""
 
     @abstractmethod
     def ingestion_runs(self, project: str, view: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -165,16 +197,21 @@ class RunStore(ABC):
         """The ingestion-time watermark (µs) up to which the view was materialized incrementally."""
 
     @abstractmethod
-    def record_materialization(self, run: dict[str, Any], new_watermark: int | None) -> None:
-        """Store a run and, for incremental runs, move the watermark, in one transaction."""
+    def record_materialization(self, run: dict[str, Any], new_watermark: int | None,
+                               events: Sequence[DomainEvent] = ()) -> None:
+        """Store a run, its events and, for incremental runs, the new watermark, in one transaction."""
+
+    @abstractmethod
+    def materialization(self, project: str, run_id: str) -> dict[str, Any] | None:
+        """One run by id; None if absent."""
 
     @abstractmethod
     def materializations(self, project: str, view: str, limit: int = 50) -> list[dict[str, Any]]:
         """Recent runs of a view, newest first."""
 
     @abstractmethod
-    def record_erasure(self, record: dict[str, Any]) -> None:
-        """Append an erasure audit record."""
+    def record_erasure(self, record: dict[str, Any], events: Sequence[DomainEvent] = ()) -> None:
+        """Append an erasure audit record and its events in one transaction."""
 
     @abstractmethod
     def erasures(self, project: str) -> list[dict[str, Any]]:

@@ -9,13 +9,22 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import Connection, delete, func, inspect, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from mlp_core.db import Database
 from mlp_core.errors import InvalidArgument
+from mlp_feature_store.domain.events import EventSink
 from mlp_feature_store.domain.ingest import ConversionError, convert
 from mlp_feature_store.domain.models import JoinKey
 from mlp_feature_store.store.arrow_types import to_arrow
-from mlp_feature_store.store.base import IngestResult, OfflineStore, PitRequest, PreparedBatch, ViewLayout
+from mlp_feature_store.store.base import (
+    IngestEvents,
+    IngestResult,
+    OfflineStore,
+    PitRequest,
+    PreparedBatch,
+    ViewLayout,
+)
 from mlp_feature_store.store.offline_tables import key_col, view_table
 from mlp_feature_store.store.pit import entity_table, pit_query
 from mlp_feature_store.store.schema import ingestion_runs, push_receipts, quarantine
@@ -26,13 +35,24 @@ _LOAD_CHUNK = 10_000
 class SqlOfflineStore(OfflineStore):
     """Offline rows in one database (one per residency region)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, events: EventSink) -> None:
         self.db = db
+        self.events = events
 
     # -- schema ------------------------------------------------------------------------------
 
     def ensure_table(self, layout: ViewLayout) -> None:
-        """See ``OfflineStore.ensure_table``; adds nullable columns for new features."""
+        """See ``OfflineStore.ensure_table``; adds nullable columns for new features.
+
+        Safe against a concurrent apply of the same view: a losing CREATE/ALTER is retried once, and
+        then finds the table (or column) the winner made.
+        """
+        try:
+            self._ensure_table(layout)
+        except (IntegrityError, ProgrammingError, OperationalError):
+            self._ensure_table(layout)
+
+    def _ensure_table(self, layout: ViewLayout) -> None:
         table = view_table(layout)
         with self.db.engine.begin() as conn:
             if not inspect(conn).has_table(table.name):
@@ -47,7 +67,8 @@ class SqlOfflineStore(OfflineStore):
     # -- writes ------------------------------------------------------------------------------
 
     def write(self, layout: ViewLayout, batches: Iterable[PreparedBatch], result: IngestResult,
-              source: str, receipt: str | None = None) -> IngestResult | None:
+              source: str, receipt: str | None = None, events: IngestEvents | None = None
+              ) -> IngestResult | None:
         """See ``OfflineStore.write``; everything happens in one transaction."""
         table = view_table(layout)
         failures: dict[str, int] = {}
@@ -81,7 +102,15 @@ class SqlOfflineStore(OfflineStore):
                 source=source, rows_in=result.rows_in, rows_written=result.rows_written,
                 rows_quarantined=result.rows_quarantined, report={"failures": failures},
                 ingested_us=result.ingested_us))
+            for event in events(result) if events is not None else ():
+                self.events.add(conn, event)
         return result
+
+    def receipt_time(self, receipt: str) -> int | None:
+        """See ``OfflineStore.receipt_time``."""
+        with self.db.engine.connect() as conn:
+            return conn.execute(select(push_receipts.c.received_us).where(
+                push_receipts.c.event_id == receipt)).scalar_one_or_none()
 
     def erase(self, layout: ViewLayout, key_values: dict[str, Any]) -> int:
         """See ``OfflineStore.erase``."""
@@ -92,6 +121,16 @@ class SqlOfflineStore(OfflineStore):
             res = conn.execute(delete(table).where(
                 *[table.c[key_col(k)] == v for k, v in key_values.items()]))
             return int(res.rowcount or 0)
+
+    def erase_quarantined(self, project: str, view: str, key_values: dict[str, Any]) -> int:
+        """See ``OfflineStore.erase_quarantined``; raw rows are matched in Python (their keys are untyped)."""
+        q = select(quarantine.c.id, quarantine.c.row).where(quarantine.c.project == project,
+                                                            quarantine.c.view == view)
+        with self.db.engine.begin() as conn:
+            ids = [r.id for r in conn.execute(q) if _raw_matches(r.row, key_values)]
+            for start in range(0, len(ids), 1_000):
+                conn.execute(delete(quarantine).where(quarantine.c.id.in_(ids[start:start + 1_000])))
+        return len(ids)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -186,6 +225,17 @@ class SqlOfflineStore(OfflineStore):
             conn.execute(e.insert(), [
                 dict(zip(names, (i, *[kv[i] for kv in key_values], ts_us[i]), strict=True))
                 for i in range(start, stop)])
+
+
+def _raw_matches(row: Any, key_values: dict[str, Any]) -> bool:
+    """Whether a quarantined raw row holds the key: equal as typed, or equal as text."""
+    if not isinstance(row, dict):
+        return False
+    for name, want in key_values.items():
+        got = row.get(name)
+        if got is None or (got != want and str(got).strip() != str(want)):
+            return False
+    return True
 
 
 def _combine(a: pa.Array | pa.ChunkedArray) -> pa.Array:

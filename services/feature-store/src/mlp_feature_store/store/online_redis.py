@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
 import redis
 
 from mlp_feature_store.store.base import OnlineStore, OnlineValue, ViewLayout
@@ -20,23 +21,39 @@ if cur[1] then
   local ev = tonumber(ARGV[1]); local ing = tonumber(ARGV[2])
   if cev > ev or (cev == ev and cing >= ing) then return 0 end
 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], '_ev', ARGV[1], '_ing', ARGV[2], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], '_ev', ARGV[1], '_ing', ARGV[2], '_v', ARGV[4])
 if tonumber(ARGV[3]) > 0 then redis.call('PEXPIREAT', KEYS[1], ARGV[3]) end
 return 1
 """
 
 _WRITE_CHUNK = 1_000
+_FIELDS = ("_ev", "_ing", "_v")
+
+
+def _take(it: Iterable[Any], n: int) -> list[Any]:
+    """The next ``n`` items of an iterator."""
+    iterator = iter(it)
+    return [next(iterator) for _ in range(n)]
+
+
+def key_prefix(layout: ViewLayout) -> str:
+    """The prefix of every record key of one view version."""
+    v = layout.view
+    return f"fs:{layout.project}:{v.name}:v{v.version}:"
 
 
 def entity_key(layout: ViewLayout, key: Sequence[Any]) -> str:
     """The Redis key of one entity's record; the key tuple is JSON-encoded so composite keys never collide."""
-    v = layout.view
-    return f"fs:{layout.project}:{v.name}:v{v.version}:" + json.dumps(list(key), separators=(",", ":"))
+    return key_prefix(layout) + orjson.dumps(list(key)).decode()
 
 
 class RedisOnlineStore(OnlineStore):
-    """Latest values per entity in Redis hashes (``_ev``/``_ing`` hold event and ingestion µs)."""
+    """Latest values per entity in Redis hashes.
+
+    ``_ev``/``_ing`` hold event and ingestion µs (compared by the write script); ``_v`` holds every
+    feature value of the record as one JSON object, so a read fetches three fields whatever the
+    number of features and decodes one blob per entity (not one value per feature).
+    """
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
@@ -57,9 +74,8 @@ class RedisOnlineStore(OnlineStore):
             key = entity_key(layout, [row[key_col(k)] for k in layout.key_names])
             # Keep an expired record for one more TTL so that reads can say EXPIRED, not NOT_FOUND.
             expire_ms = (row["event_ts"] + 2 * ttl_us) // 1000 if ttl_us else 0
-            args: list[Any] = [row["event_ts"], row["ingested_ts"], expire_ms]
-            for f in layout.view.features:
-                args += [f.name, json.dumps(row.get(feat_col(f.name)))]
+            values = {f.name: row.get(feat_col(f.name)) for f in layout.view.features}
+            args: list[Any] = [row["event_ts"], row["ingested_ts"], expire_ms, orjson.dumps(values)]
             self._write_script(keys=[key], args=args, client=pipe)
             pending += 1
             if pending >= _WRITE_CHUNK:
@@ -71,35 +87,23 @@ class RedisOnlineStore(OnlineStore):
 
     def read(self, requests: Sequence[tuple[ViewLayout, Sequence[str], Sequence[tuple[Any, ...]]]]
              ) -> list[list[OnlineValue | None]]:
-        """See ``OnlineStore.read``: one pipelined round trip of HMGETs."""
+        """See ``OnlineStore.read``: one pipelined round trip of HMGETs (three fields per record)."""
         pipe = self.client.pipeline(transaction=False)
-        for layout, features, keys in requests:
+        for layout, _features, keys in requests:
+            prefix = key_prefix(layout)
             for key in keys:
-                pipe.hmget(entity_key(layout, key), ["_ev", "_ing", *features])
-        raw = pipe.execute()
-        out: list[list[OnlineValue | None]] = []
-        i = 0
-        for _layout, features, keys in requests:
-            values: list[OnlineValue | None] = []
-            for _ in keys:
-                got = raw[i]
-                i += 1
-                if got[0] is None:
-                    values.append(None)
-                    continue
-                decoded = {f: (json.loads(v) if v is not None else None)
-                           for f, v in zip(features, got[2:], strict=True)}
-                values.append(OnlineValue(values=decoded, event_us=int(got[0]), ingested_us=int(got[1])))
-            out.append(values)
-        return out
+                pipe.hmget(prefix + orjson.dumps(key).decode(), _FIELDS)
+        raw = iter(pipe.execute())
+        loads = orjson.loads
+        return [[None if got[0] is None else OnlineValue(loads(got[2]), int(got[0]), int(got[1]))
+                 for got in _take(raw, len(keys))] for _layout, _f, keys in requests]
 
     def erase(self, layout: ViewLayout, key_values: dict[str, Any]) -> int:
         """See ``OnlineStore.erase``; a partial key scans the view's records."""
         names = layout.key_names
         if set(key_values) == set(names):
             return int(self.client.delete(entity_key(layout, [key_values[k] for k in names])))
-        v = layout.view
-        prefix = f"fs:{layout.project}:{v.name}:v{v.version}:"
+        prefix = key_prefix(layout)
         deleted = 0
         for raw in self.client.scan_iter(match=prefix + "*", count=1000):
             key = raw.decode() if isinstance(raw, bytes) else raw

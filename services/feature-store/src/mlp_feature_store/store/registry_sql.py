@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 
 from mlp_core.db import Database
+from mlp_core.errors import Conflict
+from mlp_feature_store.domain.events import DomainEvent, EventSink
 from mlp_feature_store.domain.timeutil import now_us
-from mlp_feature_store.store.base import RegistryStore, StoredDefinition
+from mlp_feature_store.store.base import DefinitionWrite, RegistryStore, StoredDefinition
 from mlp_feature_store.store.schema import definitions
 
 
@@ -20,8 +24,9 @@ def _row(r: Any) -> StoredDefinition:
 class SqlRegistryStore(RegistryStore):
     """Definitions in the ``fs_definitions`` table, one row per (project, kind, name, version)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, events: EventSink) -> None:
         self.db = db
+        self.events = events
 
     def get(self, project: str, kind: str, name: str, version: int | None = None) -> StoredDefinition | None:
         """See ``RegistryStore.get``."""
@@ -51,22 +56,37 @@ class SqlRegistryStore(RegistryStore):
         with self.db.session() as s:
             return [_row(r) for r in s.execute(q)]
 
-    def put(self, project: str, kind: str, name: str, version: int, spec: dict[str, Any]) -> StoredDefinition:
-        """See ``RegistryStore.put``."""
+    def put_all(self, project: str, writes: Sequence[DefinitionWrite], events: Sequence[DomainEvent] = ()
+                ) -> list[StoredDefinition]:
+        """See ``RegistryStore.put_all``: one transaction; a concurrent insert of the same version → Conflict."""
         now = now_us()
-        with self.db.session() as s:
-            existing = s.execute(select(definitions.c.id, definitions.c.created_us).where(
-                definitions.c.project == project, definitions.c.kind == kind, definitions.c.name == name,
-                definitions.c.version == version)).first()
-            if existing is None:
-                s.execute(definitions.insert().values(project=project, kind=kind, name=name, version=version,
-                                                      spec=spec, created_us=now, updated_us=now))
-                created = now
-            else:
-                s.execute(definitions.update().where(definitions.c.id == existing.id).values(
-                    spec=spec, updated_us=now))
-                created = existing.created_us
-        return StoredDefinition(project, kind, name, version, spec, created, now)
+        out: list[StoredDefinition] = []
+        try:
+            with self.db.session() as s:
+                for w in writes:
+                    out.append(self._put(s, project, w, now))
+                for event in events:
+                    self.events.add(s, event)
+        except IntegrityError:
+            names = ", ".join(f"{w.kind} '{w.name}'" for w in writes)
+            raise Conflict(f"{names} changed concurrently in project '{project}'; plan and apply again") from None
+        return out
+
+    @staticmethod
+    def _put(s: Any, project: str, w: DefinitionWrite, now: int) -> StoredDefinition:
+        existing = s.execute(select(definitions.c.id, definitions.c.created_us).where(
+            definitions.c.project == project, definitions.c.kind == w.kind, definitions.c.name == w.name,
+            definitions.c.version == w.version)).first()
+        if existing is None:
+            s.execute(definitions.insert().values(project=project, kind=w.kind, name=w.name, version=w.version,
+                                                  spec=w.spec, created_us=now, updated_us=now))
+            s.flush()
+            created = now
+        else:
+            s.execute(definitions.update().where(definitions.c.id == existing.id).values(
+                spec=w.spec, updated_us=now))
+            created = existing.created_us
+        return StoredDefinition(project, w.kind, w.name, w.version, w.spec, created, now)
 
     def delete(self, project: str, kind: str, name: str) -> int:
         """See ``RegistryStore.delete``."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from mlp_core.db import Database
+from mlp_feature_store.domain.events import DomainEvent, EventSink
 from mlp_feature_store.domain.timeutil import now_us
 from mlp_feature_store.store.base import RunStore
 from mlp_feature_store.store.schema import erasures, lineage, materialization_runs, watermarks
@@ -16,8 +18,9 @@ from mlp_feature_store.store.schema import erasures, lineage, materialization_ru
 class SqlRunStore(RunStore):
     """``RunStore`` on the service database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, events: EventSink) -> None:
         self.db = db
+        self.events = events
 
     def watermark(self, project: str, view: str, version: int) -> int | None:
         """See ``RunStore.watermark``."""
@@ -26,10 +29,13 @@ class SqlRunStore(RunStore):
                 watermarks.c.project == project, watermarks.c.view == view,
                 watermarks.c.version == version)).scalar_one_or_none()
 
-    def record_materialization(self, run: dict[str, Any], new_watermark: int | None) -> None:
+    def record_materialization(self, run: dict[str, Any], new_watermark: int | None,
+                               events: Sequence[DomainEvent] = ()) -> None:
         """See ``RunStore.record_materialization``."""
         with self.db.session() as s:
             s.execute(materialization_runs.insert().values(**run))
+            for event in events:
+                self.events.add(s, event)
             if new_watermark is None:
                 return
             ident = {"project": run["project"], "view": run["view"], "version": run["version"]}
@@ -46,10 +52,20 @@ class SqlRunStore(RunStore):
         with self.db.session() as s:
             return [dict(r._mapping) for r in s.execute(q)]
 
-    def record_erasure(self, record: dict[str, Any]) -> None:
+    def materialization(self, project: str, run_id: str) -> dict[str, Any] | None:
+        """See ``RunStore.materialization``."""
+        q = select(materialization_runs).where(materialization_runs.c.project == project,
+                                               materialization_runs.c.id == run_id)
+        with self.db.session() as s:
+            row = s.execute(q).first()
+        return dict(row._mapping) if row is not None else None
+
+    def record_erasure(self, record: dict[str, Any], events: Sequence[DomainEvent] = ()) -> None:
         """See ``RunStore.record_erasure``."""
         with self.db.session() as s:
             s.execute(erasures.insert().values(**record))
+            for event in events:
+                self.events.add(s, event)
 
     def erasures(self, project: str) -> list[dict[str, Any]]:
         """See ``RunStore.erasures``."""

@@ -1,12 +1,14 @@
 """gRPC servicer of ``mlp.registry.v1.RegistryService``: the same domain calls as REST, run in worker threads.
 
-Implemented: models, versions, verified streaming downloads, aliases, change requests, signing keys.
-Registration over gRPC (``RegisterVersion``/``UploadArtifact``) and the lineage graph answer
-UNIMPLEMENTED for now: use the REST upload sessions and lineage endpoints.
+Every RPC of the contract: models, registration (RegisterVersion → upload sessions → client-streaming
+UploadArtifact, resumable → CommitVersion), verified streaming downloads, aliases, change requests,
+lineage and signing keys. Stored bytes that fail verification during a download end the stream
+with DATA_LOSS (the same error is FAILED_PRECONDITION on unary calls and 409 on REST).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -14,10 +16,12 @@ import anyio.to_thread
 import grpc
 
 from mlp_core.auth import current_principal
-from mlp_core.errors import NotFound
+from mlp_core.errors import InvalidArgument, NotFound
 from mlp_protos.mlp.registry.v1 import registry_pb2 as pb
 from mlp_protos.mlp.registry.v1 import registry_pb2_grpc as pb_grpc
 from mlp_registry.api import grpc_converters as conv
+from mlp_registry.api.grpc_streams import ChunkBridge
+from mlp_registry.domain.errors import IntegrityCheckFailed
 from mlp_registry.domain.service import RegistryService
 
 T = TypeVar("T")
@@ -26,6 +30,12 @@ _MAX_CHUNK = 4 << 20
 
 async def _call(fn: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(fn, *args)
+
+
+def _observe(task: asyncio.Future[Any]) -> None:
+    """Mark a worker's error as seen when the RPC ended first (the worker's result then goes nowhere)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
@@ -83,7 +93,18 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     async def DownloadArtifact(self, request: pb.DownloadArtifactRequest,
                                context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DownloadArtifactResponse]:
-        """A header with manifest and signature, then every requested file in verified chunks."""
+        """A header with manifest and signature, then every requested file in verified chunks.
+
+        Bytes that fail verification (signature, records, a segment's tag, the file digest) end the
+        stream with DATA_LOSS: the stored artifact is corrupt and retrying will not help.
+        """
+        try:
+            async for part in self._download(request):
+                yield part
+        except IntegrityCheckFailed as exc:
+            await context.abort(grpc.StatusCode.DATA_LOSS, exc.detail)
+
+    async def _download(self, request: pb.DownloadArtifactRequest) -> AsyncIterator[pb.DownloadArtifactResponse]:
         p = current_principal()
         number = request.version
         if request.alias:
@@ -110,6 +131,67 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                     piece = chunk[i:i + size]
                     yield pb.DownloadArtifactResponse(chunk=pb.FileChunk(path=path, offset=offset, data=piece))
                     offset += len(piece)
+
+    async def RegisterVersion(self, request: pb.RegisterVersionRequest,
+                              context: grpc.aio.ServicerContext) -> pb.RegisterVersionResponse:
+        """Start a version: declared files in, one upload session per file out."""
+        p, draft = current_principal(), conv.draft_from_pb(request)
+        project, name = request.version.project, request.version.model
+        version, uploads = await _call(self.service.uploads.create_draft, p, project, name, draft)
+        model = await _call(self.service.catalog.get_model, p, project, name)
+        return pb.RegisterVersionResponse(version=conv.version_pb(model, version, [], []),
+                                          uploads=[conv.upload_pb(u) for u in uploads])
+
+    async def UploadArtifact(self, request_iterator: AsyncIterator[pb.UploadArtifactRequest],
+                             context: grpc.aio.ServicerContext) -> pb.UploadSession:
+        """Append the streamed bytes to one session; returns the durable offset (or completion).
+
+        The domain write runs in a worker thread fed through a bounded bridge. If the client goes
+        away, the bridge is closed and the worker still makes its whole segments durable.
+        """
+        p = current_principal()
+        stream = aiter(request_iterator)
+        first = await anext(stream, None)
+        if first is None or first.WhichOneof("part") != "start" or not first.start.upload_id:
+            raise InvalidArgument("the first message of UploadArtifact must be `start` with the upload_id and "
+                                  "the offset to write at (see RegisterVersion / GetUploadSession)")
+        bridge = ChunkBridge(asyncio.get_running_loop())
+        worker = asyncio.ensure_future(_call(self.service.uploads.write, p, first.start.upload_id,
+                                             first.start.offset, bridge.chunks()))
+        worker.add_done_callback(lambda _: bridge.abandon())
+        worker.add_done_callback(_observe)
+        try:
+            async for message in stream:
+                if worker.done():
+                    break
+                if message.WhichOneof("part") != "data":
+                    raise InvalidArgument("after `start`, every UploadArtifact message must carry `data`")
+                await bridge.put(message.data)
+        finally:
+            bridge.close()
+        return conv.upload_pb(await worker)
+
+    async def GetUploadSession(self, request: pb.GetUploadSessionRequest,
+                               context: grpc.aio.ServicerContext) -> pb.UploadSession:
+        """Where to resume an upload."""
+        return conv.upload_pb(await _call(self.service.uploads.get_upload, current_principal(), request.upload_id))
+
+    async def CommitVersion(self, request: pb.CommitVersionRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ModelVersion:
+        """Sign and register a fully uploaded version."""
+        await _call(self.service.uploads.commit, current_principal(), request.project, request.model,
+                    request.version)
+        return await _call(self._version, request.project, request.model, request.version)
+
+    async def GetLineage(self, request: pb.GetLineageRequest, context: grpc.aio.ServicerContext) -> pb.LineageGraph:
+        """The lineage graph around a model version, feature view or dataset."""
+        direction = request.direction or pb.LINEAGE_DIRECTION_UPSTREAM
+        graph = await _call(lambda: self.service.lineage.graph(
+            current_principal(), conv.node_from_pb(request.subject, request.project),
+            upstream=direction in (pb.LINEAGE_DIRECTION_UPSTREAM, pb.LINEAGE_DIRECTION_BOTH),
+            downstream=direction in (pb.LINEAGE_DIRECTION_DOWNSTREAM, pb.LINEAGE_DIRECTION_BOTH),
+            depth=request.depth))
+        return conv.lineage_pb(graph)
 
     async def _cr(self, project: str, cr_id: str) -> pb.ChangeRequest:
         p = current_principal()

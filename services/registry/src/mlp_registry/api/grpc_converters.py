@@ -5,20 +5,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from mlp_core.errors import InvalidArgument
 from mlp_protos.mlp.common.v1 import common_pb2
 from mlp_protos.mlp.registry.v1 import registry_pb2 as pb
+from mlp_registry.domain.lineage import LineageGraph, Node
 from mlp_registry.domain.models import (
     Alias,
     ArtifactFile,
     ChangeRequest,
     ChangeState,
+    FileSpec,
+    Lineage,
     Model,
     ModelVersion,
+    UploadSession,
+    UploadState,
     VersionState,
 )
+from mlp_registry.domain.uploads import VersionDraft
 
 _VERSION_STATES: dict[VersionState, Any] = {VersionState.DRAFT: pb.VERSION_STATE_PENDING_UPLOAD,
                    VersionState.REGISTERED: pb.VERSION_STATE_READY,
@@ -56,8 +64,7 @@ def version_pb(m: Model, v: ModelVersion, files: list[ArtifactFile], aliases: li
         lineage=pb.VersionLineage(training_run_id=v.lineage.training_run or "",
                                   feature_service=v.lineage.feature_service or "",
                                   code_version=v.lineage.code_version or "",
-                                  inputs=[common_pb2.ObjectRef(project=m.project, kind="feature_view", name=fv)
-                                          for fv in v.lineage.feature_views]),
+                                  inputs=_inputs(m, v.lineage)),
         manifest=pb.ArtifactManifest(files=[pb.ArtifactFile(path=f.path, size_bytes=f.size,
                                                             digest=f"sha256:{f.sha256}") for f in files],
                                      digest=v.manifest_digest or ""),
@@ -71,6 +78,14 @@ def version_pb(m: Model, v: ModelVersion, files: list[ArtifactFile], aliases: li
         msg.encryption.CopyFrom(pb.EncryptionInfo(key_id=f"{files[0].key_id}/v{files[0].key_version}",
                                                   algorithm="AES-256-GCM-segmented"))
     return msg
+
+
+def _inputs(m: Model, lineage: Lineage) -> list[common_pb2.ObjectRef]:
+    refs = [common_pb2.ObjectRef(project=m.project, kind="feature_view", name=fv) for fv in lineage.feature_views]
+    if lineage.training_set_digest:
+        refs.append(common_pb2.ObjectRef(project=m.project, kind="dataset", name=lineage.training_set_digest,
+                                         digest=lineage.training_set_digest))
+    return refs
 
 
 def change_request_pb(cr: ChangeRequest, m: Model, number: int, previous: int) -> pb.ChangeRequest:
@@ -97,3 +112,55 @@ def _b64(value: str) -> bytes:
     import base64
 
     return base64.b64decode(value)
+
+
+_UPLOAD_STATES: dict[UploadState, Any] = {UploadState.OPEN: pb.UPLOAD_STATE_OPEN,
+                                          UploadState.COMPLETE: pb.UPLOAD_STATE_COMPLETE,
+                                          UploadState.ABORTED: pb.UPLOAD_STATE_ABORTED}
+
+
+def upload_pb(u: UploadSession) -> pb.UploadSession:
+    """Protobuf form of an upload session (the offset is where to resume)."""
+    return pb.UploadSession(id=u.id, path=u.path, size_bytes=u.size, digest=f"sha256:{u.sha256}", offset=u.offset,
+                            state=_UPLOAD_STATES[u.state], update_time=ts(u.updated_at))
+
+
+def _sha256_of(digest: str, path: str) -> str:
+    algo, sep, value = digest.partition(":")
+    if not sep or algo != "sha256":
+        raise InvalidArgument(f"file {path!r}: digest must look like 'sha256:<64 hex digits>', got {digest!r}")
+    return value
+
+
+def draft_from_pb(request: pb.RegisterVersionRequest) -> VersionDraft:
+    """A version draft from a RegisterVersion request (validation happens in the domain)."""
+    v = request.version
+    if not request.files:
+        raise InvalidArgument("declare the version's files in `files` (path, size_bytes, digest 'sha256:<hex>')")
+    files = [FileSpec(f.path, f.size_bytes, _sha256_of(f.digest, f.path)) for f in request.files]
+    lineage = Lineage(training_run=v.lineage.training_run_id or None,
+                      feature_service=v.lineage.feature_service or None,
+                      code_version=v.lineage.code_version or None,
+                      feature_views=[i.name for i in v.lineage.inputs if i.kind == "feature_view"],
+                      training_set_digest=next((i.digest or i.name for i in v.lineage.inputs if i.kind == "dataset"),
+                                               None))
+    extra = MessageToDict(v.extra) if v.HasField("extra") else {}
+    return VersionDraft(files=files, framework=v.format or "onnx", metrics=dict(v.metrics),
+                        params=MessageToDict(v.params) if v.HasField("params") else {},
+                        model_card=str(extra.get("model_card", "")), attributes=dict(extra.get("attributes", {})),
+                        lineage=lineage, description=v.description, tags=dict(v.labels))
+
+
+def node_from_pb(ref: common_pb2.ObjectRef, project: str) -> Node:
+    """A lineage start node; the request's project applies when the reference names none."""
+    return Node(ref.project or project, ref.kind, ref.name, ref.version, ref.digest)
+
+
+def lineage_pb(graph: LineageGraph) -> pb.LineageGraph:
+    """Protobuf form of a lineage graph."""
+    def ref(n: Node) -> common_pb2.ObjectRef:
+        return common_pb2.ObjectRef(project=n.project, kind=n.kind, name=n.name, version=n.version, digest=n.digest)
+
+    return pb.LineageGraph(nodes=[ref(n) for n in graph.nodes],
+                           edges=[pb.LineageEdge(source=ref(e.source), target=ref(e.target), relation=e.relation)
+                                  for e in graph.edges])

@@ -71,7 +71,7 @@ class SegmentCipher:
         nonce = self._prefix + struct.pack(">I", index) + flag
         return nonce, self._binding + struct.pack(">Q", index) + flag
 
-    def seal(self, index: int, plaintext: bytes, final: bool) -> bytes:
+    def seal(self, index: int, plaintext: bytes | bytearray | memoryview, final: bool) -> bytes:
         """Encrypt and authenticate segment ``index``."""
         nonce, aad = self._nonce_and_aad(index, final)
         return self._aead.encrypt(nonce, plaintext, aad)

@@ -179,7 +179,8 @@ class Catalog:
         with self.ctx.store.transaction() as tx:
             if name is not None:
                 load_model(tx, caller, project, name)
-            return tx.list_audit(project, f"{project}/{name}" if name else None, min(max(limit, 1), 1000))
+            return tx.list_audit(project, f"{project}/{name}" if name is not None else None,
+                                 min(max(limit, 1), 1000))
 
 
 def _projects_of(caller: Caller) -> frozenset[str]:

@@ -135,6 +135,9 @@ class UploadSession:
     offset: int
     state: UploadState
     updated_at: datetime
+    #: The writer holding the session (one stream at a time) and until when, or None.
+    lease_id: str | None = None
+    lease_until: datetime | None = None
 
 
 @dataclass

@@ -6,6 +6,7 @@ from mlp_registry.domain.catalog import Catalog
 from mlp_registry.domain.context import RegistryContext
 from mlp_registry.domain.downloads import VersionDownloads
 from mlp_registry.domain.housekeeping import Housekeeping
+from mlp_registry.domain.lineage import LineageQueries
 from mlp_registry.domain.releases import Releases
 from mlp_registry.domain.uploads import VersionUploads
 
@@ -20,3 +21,4 @@ class RegistryService:
         self.downloads = VersionDownloads(ctx)
         self.releases = Releases(ctx)
         self.housekeeping = Housekeeping(ctx)
+        self.lineage = LineageQueries(ctx)

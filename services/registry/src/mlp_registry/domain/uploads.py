@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from mlp_core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
@@ -44,6 +46,7 @@ from mlp_registry.domain.models import (
     UploadState,
     VersionState,
 )
+from mlp_registry.domain.upload_pipeline import BackgroundHasher, segments
 from mlp_registry.store.base import MetadataTx
 
 DRAFT = frozenset({VersionState.DRAFT})
@@ -92,11 +95,21 @@ class _HashCheckpoints:
                 self._items.popitem(last=False)
 
 
+@dataclass
+class _Lease:
+    """This process's claim on an upload session while it writes."""
+
+    id: str
+    ttl: timedelta
+    renewed: float = 0.0
+
+
 class VersionUploads:
     """Drafts, resumable file uploads and the commit that registers a signed version."""
 
-    def __init__(self, ctx: RegistryContext) -> None:
+    def __init__(self, ctx: RegistryContext, lease_ttl: timedelta = timedelta(seconds=60)) -> None:
         self.ctx = ctx
+        self.lease_ttl = lease_ttl
         self._hashes = _HashCheckpoints()
 
     def create_draft(self, caller: Caller, project: str, model_name: str, draft: VersionDraft,
@@ -176,7 +189,8 @@ class VersionUploads:
 
         A stream that stops mid-segment keeps only its whole segments; resume from the returned offset.
         When the last byte arrives the SHA-256 is compared with the declared one: a mismatch resets the
-        upload and raises ``InvalidArgument``.
+        upload and raises ``InvalidArgument``. One writer at a time: the writer takes a lease on the
+        session row (compare-and-set) and a second concurrent writer gets ``Conflict``.
         """
         require(caller, WRITE)
         with self.ctx.store.transaction() as tx:
@@ -186,26 +200,57 @@ class VersionUploads:
         if offset != upload.offset:
             raise Conflict(f"upload {upload_id} is at offset {upload.offset}, not {offset}; resume from there",
                            headers={"Upload-Offset": str(upload.offset)})
-        cipher = self._cipher(model, version, file)
-        seg = cipher.segment_size
-        staged_end = (offset // seg) * (seg + TAG_SIZE)
-        if self.ctx.artifacts.staging_size(upload_id) < staged_end:
-            self._reset(upload_id)
-            raise Conflict(f"the staged bytes of upload {upload_id} were lost; restart from offset 0",
-                           headers={"Upload-Offset": "0"})
-        hasher = self._hash_at(upload, cipher)
-        written = [0]
+        lease = self._claim(upload, offset)
         try:
-            self.ctx.artifacts.append_staging(
-                upload_id, staged_end, self._seal(cipher, upload, offset, chunks, hasher, written))
-        except BaseException:
-            self._hashes.take(upload_id, -1)
-            raise
-        new_offset = offset + written[0]
-        return self._advance(caller, upload, offset, new_offset, hasher)
+            cipher = self._cipher(model, version, file)
+            seg = cipher.segment_size
+            staged_end = (offset // seg) * (seg + TAG_SIZE)
+            if self.ctx.artifacts.staging_size(upload_id) < staged_end:
+                self._reset(upload_id)
+                raise Conflict(f"the staged bytes of upload {upload_id} were lost; restart from offset 0",
+                               headers={"Upload-Offset": "0"})
+            hasher = BackgroundHasher(self._hash_at(upload, cipher))
+            written = [0]
+            try:
+                self.ctx.artifacts.append_staging(
+                    upload_id, staged_end, self._seal(cipher, upload, offset, chunks, hasher, written, lease))
+                state = hasher.finish()
+            except BaseException:
+                hasher.finish()
+                self._hashes.take(upload_id, -1)
+                raise
+            return self._advance(caller, upload, offset, offset + written[0], state, lease)
+        finally:
+            with self.ctx.store.transaction() as tx:
+                tx.release_upload_lease(upload_id, lease.id)
+
+    def _claim(self, upload: UploadSession, offset: int) -> _Lease:
+        lease = _Lease(uuid.uuid4().hex, self.lease_ttl)
+        now = self.ctx.clock()
+        with self.ctx.store.transaction() as tx:
+            if tx.claim_upload(upload.id, offset, lease.id, now, now + lease.ttl):
+                lease.renewed = time.monotonic()
+                return lease
+            current = tx.get_upload(upload.id)
+        if current is not None and current.offset != offset:
+            raise Conflict(f"upload {upload.id} is at offset {current.offset}, not {offset}; resume from there",
+                           headers={"Upload-Offset": str(current.offset)})
+        raise Conflict(f"another stream is writing to upload {upload.id}; wait for it to finish (or for its "
+                       f"lease to lapse, at most {int(self.lease_ttl.total_seconds())} s), then GET the "
+                       "session and resume from its offset")
+
+    def _renew(self, upload_id: str, lease: _Lease) -> None:
+        if time.monotonic() - lease.renewed < lease.ttl.total_seconds() / 4:
+            return
+        with self.ctx.store.transaction() as tx:
+            held = tx.renew_upload_lease(upload_id, lease.id, self.ctx.clock() + lease.ttl)
+        if not held:
+            raise Conflict(f"upload {upload_id}: this stream stalled past its lease and another writer took "
+                           "over; GET the session and resume from its offset")
+        lease.renewed = time.monotonic()
 
     def _seal(self, cipher: SegmentCipher, upload: UploadSession, offset: int, chunks: Iterable[bytes],
-              hasher: Any, written: list[int]) -> Iterator[bytes]:
+              hasher: BackgroundHasher, written: list[int], lease: _Lease) -> Iterator[bytes]:
         seg = cipher.segment_size
         last = segment_count(upload.size, seg) - 1
         index = offset // seg
@@ -213,23 +258,25 @@ class VersionUploads:
             written[0] = 0
             yield cipher.seal(0, b"", True)
             return
-        for piece in rechunk(_limited(chunks, upload.size - offset, upload.path), seg):
+        for piece in segments(_limited(chunks, upload.size - offset, upload.path), seg):
             expected = seg if index < last else upload.size - last * seg
             if len(piece) != expected:
                 return  # a partial segment at the end of a cut stream is not kept
-            hasher.update(piece)
+            hasher.update(piece)  # SHA-256 on the helper thread while this one encrypts
             yield cipher.seal(index, piece, index == last)
             written[0] += len(piece)
             index += 1
+            self._renew(upload.id, lease)
 
     def _advance(self, caller: Caller, upload: UploadSession, offset: int, new_offset: int, hasher: Any,
-                 ) -> UploadSession:
+                 lease: _Lease) -> UploadSession:
         digest_error = None
         with self.ctx.store.transaction() as tx:
             current, _model, _version, file = self._load_upload(tx, caller, upload.id, for_update=True)
-            if current.offset != offset or current.state is not UploadState.OPEN:
+            if current.offset != offset or current.state is not UploadState.OPEN or current.lease_id != lease.id:
                 raise Conflict(f"upload {upload.id} was changed concurrently; GET it and resume")
             current.offset, current.updated_at = new_offset, self.ctx.clock()
+            current.lease_id = current.lease_until = None
             if new_offset == current.size:
                 if hasher.hexdigest() != current.sha256:
                     digest_error = hasher.hexdigest()
@@ -253,6 +300,7 @@ class VersionUploads:
             upload = tx.get_upload(upload_id, for_update=True)
             if upload is not None:
                 upload.offset, upload.updated_at = 0, self.ctx.clock()
+                upload.lease_id = upload.lease_until = None
                 tx.update_upload(upload)
 
     def commit(self, caller: Caller, project: str, model_name: str, number: int) -> ModelVersion:

@@ -169,7 +169,23 @@ class MetadataTx(ABC):
 
     @abstractmethod
     def update_upload(self, upload: UploadSession) -> None:
-        """Save offset and state."""
+        """Save offset, state and lease."""
+
+    @abstractmethod
+    def claim_upload(self, upload_id: str, offset: int, lease_id: str, now: datetime, until: datetime) -> bool:
+        """Compare-and-set: take the writer lease of an open session at ``offset``.
+
+        Succeeds only when no other lease is live (none, or expired before ``now``); atomic on
+        every backend, so two writers can never both hold a session.
+        """
+
+    @abstractmethod
+    def renew_upload_lease(self, upload_id: str, lease_id: str, until: datetime) -> bool:
+        """Extend a lease this writer still holds; False when it was lost (expired and taken)."""
+
+    @abstractmethod
+    def release_upload_lease(self, upload_id: str, lease_id: str) -> None:
+        """Drop a lease if this writer still holds it."""
 
     @abstractmethod
     def list_uploads(self, version_id: str) -> list[UploadSession]:
@@ -245,8 +261,9 @@ class MetadataTx(ABC):
         """Append an audit record."""
 
     @abstractmethod
-    def list_audit(self, project: str, subject_prefix: str | None, limit: int) -> list[AuditRecord]:
-        """Audit records of a project, newest first."""
+    def list_audit(self, project: str, model_subject: str | None, limit: int) -> list[AuditRecord]:
+        """Audit records of a project, newest first; with ``model_subject`` (``project/model``) only
+        that model's and its versions' (``project/model@N``), never a model whose name merely starts so."""
 
     @abstractmethod
     def upsert_signing_key(self, key_id: str, public_pem: str, at: datetime) -> None:

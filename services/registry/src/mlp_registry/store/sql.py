@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -186,9 +188,30 @@ class SqlMetadataTx(ReleaseQueries, MetadataTx):
         return mapping.upload_from(row) if row else None
 
     def update_upload(self, upload: UploadSession) -> None:
-        """Save offset and state."""
+        """Save offset, state and lease."""
         self.session.execute(update(t.uploads).where(t.uploads.c.id == upload.id).values(
-            offset=upload.offset, state=upload.state.value, updated_at=upload.updated_at))
+            offset=upload.offset, state=upload.state.value, updated_at=upload.updated_at,
+            lease_id=upload.lease_id, lease_until=upload.lease_until))
+
+    def claim_upload(self, upload_id: str, offset: int, lease_id: str, now: datetime, until: datetime) -> bool:
+        """One conditional UPDATE: atomic on PostgreSQL (row lock) and SQLite (database write lock)."""
+        result = self.session.execute(update(t.uploads).where(
+            t.uploads.c.id == upload_id, t.uploads.c.offset == offset,
+            t.uploads.c.state == UploadState.OPEN.value,
+            or_(t.uploads.c.lease_id.is_(None), t.uploads.c.lease_until < now),
+        ).values(lease_id=lease_id, lease_until=until))
+        return bool(cast(CursorResult[Any], result).rowcount == 1)
+
+    def renew_upload_lease(self, upload_id: str, lease_id: str, until: datetime) -> bool:
+        """Extend the lease while it is still ours."""
+        result = self.session.execute(update(t.uploads).where(
+            t.uploads.c.id == upload_id, t.uploads.c.lease_id == lease_id).values(lease_until=until))
+        return bool(cast(CursorResult[Any], result).rowcount == 1)
+
+    def release_upload_lease(self, upload_id: str, lease_id: str) -> None:
+        """Drop the lease if it is still ours."""
+        self.session.execute(update(t.uploads).where(
+            t.uploads.c.id == upload_id, t.uploads.c.lease_id == lease_id).values(lease_id=None, lease_until=None))
 
     def list_uploads(self, version_id: str) -> list[UploadSession]:
         """Upload sessions of a version by path."""

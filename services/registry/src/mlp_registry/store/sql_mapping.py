@@ -99,7 +99,8 @@ def upload_from(row: Row[Any]) -> UploadSession:
     m = row._mapping
     return UploadSession(id=m["id"], version_id=m["version_id"], path=m["path"], size=m["size"],
                          sha256=m["sha256"], offset=m["offset"], state=UploadState(m["state"]),
-                         updated_at=utc(m["updated_at"]))
+                         updated_at=utc(m["updated_at"]), lease_id=m["lease_id"],
+                         lease_until=utc_opt(m["lease_until"]))
 
 
 def revision_from(row: Row[Any]) -> MetadataRevision:

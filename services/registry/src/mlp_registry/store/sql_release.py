@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from mlp_registry.domain.models import Alias, AliasChange, AuditRecord, ChangeRequest, ChangeState
@@ -94,11 +94,12 @@ class ReleaseQueries:
         values.pop("id")
         self.session.execute(insert(t.audit).values(values))
 
-    def list_audit(self, project: str, subject_prefix: str | None, limit: int) -> list[AuditRecord]:
-        """Audit records of a project, newest first."""
+    def list_audit(self, project: str, model_subject: str | None, limit: int) -> list[AuditRecord]:
+        """Audit records of a project (or of exactly one model and its versions), newest first."""
         query = select(t.audit).where(t.audit.c.project == project)
-        if subject_prefix:
-            query = query.where(t.audit.c.subject.startswith(subject_prefix, autoescape=True))
+        if model_subject:
+            query = query.where(or_(t.audit.c.subject == model_subject,
+                                    t.audit.c.subject.startswith(model_subject + "@", autoescape=True)))
         rows = self.session.execute(query.order_by(t.audit.c.id.desc()).limit(limit))
         return [mapping.audit_from(r) for r in rows]
 

@@ -97,6 +97,8 @@ uploads = Table(
     Column("offset", BigInteger, nullable=False),
     Column("state", String(16), nullable=False),
     Column("updated_at", TS, nullable=False),
+    Column("lease_id", String(32), nullable=True),
+    Column("lease_until", TS, nullable=True),
 )
 
 lineage = Table(

@@ -22,6 +22,7 @@ class FeatureStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FEATURE_STATUS_NOT_FOUND: _ClassVar[FeatureStatus]
     FEATURE_STATUS_EXPIRED: _ClassVar[FeatureStatus]
     FEATURE_STATUS_NULL_VALUE: _ClassVar[FeatureStatus]
+    FEATURE_STATUS_STALE: _ClassVar[FeatureStatus]
 
 class PushTarget(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -42,6 +43,7 @@ FEATURE_STATUS_PRESENT: FeatureStatus
 FEATURE_STATUS_NOT_FOUND: FeatureStatus
 FEATURE_STATUS_EXPIRED: FeatureStatus
 FEATURE_STATUS_NULL_VALUE: FeatureStatus
+FEATURE_STATUS_STALE: FeatureStatus
 PUSH_TARGET_UNSPECIFIED: PushTarget
 PUSH_TARGET_ONLINE: PushTarget
 PUSH_TARGET_OFFLINE: PushTarget
@@ -53,7 +55,7 @@ JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 
 class Entity(_message.Message):
-    __slots__ = ("project", "name", "join_keys", "value_type", "description", "labels", "governance", "create_time", "update_time")
+    __slots__ = ("project", "name", "join_keys", "value_type", "description", "labels", "governance", "create_time", "update_time", "join_key_types")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +63,13 @@ class Entity(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class JoinKeyTypesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _common_pb2.DataType
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_common_pb2.DataType, str]] = ...) -> None: ...
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     JOIN_KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +79,7 @@ class Entity(_message.Message):
     GOVERNANCE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    JOIN_KEY_TYPES_FIELD_NUMBER: _ClassVar[int]
     project: str
     name: str
     join_keys: _containers.RepeatedScalarFieldContainer[str]
@@ -79,7 +89,8 @@ class Entity(_message.Message):
     governance: _common_pb2.DataGovernance
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, project: _Optional[str] = ..., name: _Optional[str] = ..., join_keys: _Optional[_Iterable[str]] = ..., value_type: _Optional[_Union[_common_pb2.DataType, str]] = ..., description: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., governance: _Optional[_Union[_common_pb2.DataGovernance, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    join_key_types: _containers.ScalarMap[str, _common_pb2.DataType]
+    def __init__(self, project: _Optional[str] = ..., name: _Optional[str] = ..., join_keys: _Optional[_Iterable[str]] = ..., value_type: _Optional[_Union[_common_pb2.DataType, str]] = ..., description: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., governance: _Optional[_Union[_common_pb2.DataGovernance, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., join_key_types: _Optional[_Mapping[str, _common_pb2.DataType]] = ...) -> None: ...
 
 class Feature(_message.Message):
     __slots__ = ("name", "dtype", "description", "labels", "pii", "pii_tags")
@@ -140,7 +151,7 @@ class Expectation(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., feature: _Optional[str] = ..., args: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., severity: _Optional[str] = ...) -> None: ...
 
 class FeatureView(_message.Message):
-    __slots__ = ("project", "name", "entities", "features", "ttl", "source", "online", "description", "labels", "owner", "governance", "expectations", "revision", "create_time", "update_time")
+    __slots__ = ("project", "name", "entities", "features", "ttl", "source", "online", "description", "labels", "owner", "governance", "expectations", "revision", "create_time", "update_time", "data_source")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +174,7 @@ class FeatureView(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DATA_SOURCE_FIELD_NUMBER: _ClassVar[int]
     project: str
     name: str
     entities: _containers.RepeatedScalarFieldContainer[str]
@@ -178,7 +190,8 @@ class FeatureView(_message.Message):
     revision: int
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, project: _Optional[str] = ..., name: _Optional[str] = ..., entities: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[_Union[Feature, _Mapping]]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., source: _Optional[_Union[DataSource, _Mapping]] = ..., online: _Optional[bool] = ..., description: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., owner: _Optional[str] = ..., governance: _Optional[_Union[_common_pb2.DataGovernance, _Mapping]] = ..., expectations: _Optional[_Iterable[_Union[Expectation, _Mapping]]] = ..., revision: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    data_source: str
+    def __init__(self, project: _Optional[str] = ..., name: _Optional[str] = ..., entities: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[_Union[Feature, _Mapping]]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., source: _Optional[_Union[DataSource, _Mapping]] = ..., online: _Optional[bool] = ..., description: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., owner: _Optional[str] = ..., governance: _Optional[_Union[_common_pb2.DataGovernance, _Mapping]] = ..., expectations: _Optional[_Iterable[_Union[Expectation, _Mapping]]] = ..., revision: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_source: _Optional[str] = ...) -> None: ...
 
 class FeatureViewProjection(_message.Message):
     __slots__ = ("feature_view", "features")
@@ -387,10 +400,10 @@ class FeatureColumn(_message.Message):
     AGE_MS_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: _common_pb2.DataType
-    values: _containers.RepeatedCompositeFieldContainer[_value_pb2.Value]
+    values: _value_pb2.Value
     statuses: _containers.RepeatedScalarFieldContainer[FeatureStatus]
     age_ms: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_common_pb2.DataType, str]] = ..., values: _Optional[_Iterable[_Union[_value_pb2.Value, _Mapping]]] = ..., statuses: _Optional[_Iterable[_Union[FeatureStatus, str]]] = ..., age_ms: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_common_pb2.DataType, str]] = ..., values: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., statuses: _Optional[_Iterable[_Union[FeatureStatus, str]]] = ..., age_ms: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetOnlineFeaturesResponse(_message.Message):
     __slots__ = ("columns", "row_count")
@@ -401,7 +414,7 @@ class GetOnlineFeaturesResponse(_message.Message):
     def __init__(self, columns: _Optional[_Iterable[_Union[FeatureColumn, _Mapping]]] = ..., row_count: _Optional[int] = ...) -> None: ...
 
 class PushFeaturesRequest(_message.Message):
-    __slots__ = ("project", "feature_view", "columns", "target", "idempotency_key")
+    __slots__ = ("project", "feature_view", "columns", "target", "idempotency_key", "timestamp_column")
     class ColumnsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -414,21 +427,27 @@ class PushFeaturesRequest(_message.Message):
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_COLUMN_FIELD_NUMBER: _ClassVar[int]
     project: str
     feature_view: str
     columns: _containers.MessageMap[str, _value_pb2.RepeatedValue]
     target: PushTarget
     idempotency_key: str
-    def __init__(self, project: _Optional[str] = ..., feature_view: _Optional[str] = ..., columns: _Optional[_Mapping[str, _value_pb2.RepeatedValue]] = ..., target: _Optional[_Union[PushTarget, str]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    timestamp_column: str
+    def __init__(self, project: _Optional[str] = ..., feature_view: _Optional[str] = ..., columns: _Optional[_Mapping[str, _value_pb2.RepeatedValue]] = ..., target: _Optional[_Union[PushTarget, str]] = ..., idempotency_key: _Optional[str] = ..., timestamp_column: _Optional[str] = ...) -> None: ...
 
 class PushFeaturesResponse(_message.Message):
-    __slots__ = ("rows_written",)
+    __slots__ = ("rows_written", "rows_quarantined", "duplicate")
     ROWS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    ROWS_QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     rows_written: int
-    def __init__(self, rows_written: _Optional[int] = ...) -> None: ...
+    rows_quarantined: int
+    duplicate: bool
+    def __init__(self, rows_written: _Optional[int] = ..., rows_quarantined: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class IngestRowsRequest(_message.Message):
-    __slots__ = ("project", "feature_view", "columns", "idempotency_key")
+    __slots__ = ("project", "feature_view", "columns", "idempotency_key", "timestamp_column")
     class ColumnsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -440,11 +459,13 @@ class IngestRowsRequest(_message.Message):
     FEATURE_VIEW_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_COLUMN_FIELD_NUMBER: _ClassVar[int]
     project: str
     feature_view: str
     columns: _containers.MessageMap[str, _value_pb2.RepeatedValue]
     idempotency_key: str
-    def __init__(self, project: _Optional[str] = ..., feature_view: _Optional[str] = ..., columns: _Optional[_Mapping[str, _value_pb2.RepeatedValue]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    timestamp_column: str
+    def __init__(self, project: _Optional[str] = ..., feature_view: _Optional[str] = ..., columns: _Optional[_Mapping[str, _value_pb2.RepeatedValue]] = ..., idempotency_key: _Optional[str] = ..., timestamp_column: _Optional[str] = ...) -> None: ...
 
 class IngestRowsResponse(_message.Message):
     __slots__ = ("rows_written", "rows_flagged", "quality_check_id")
@@ -469,7 +490,7 @@ class MaterializeRangeRequest(_message.Message):
     def __init__(self, project: _Optional[str] = ..., feature_views: _Optional[_Iterable[str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class MaterializationJob(_message.Message):
-    __slots__ = ("project", "id", "feature_views", "start_time", "end_time", "state", "rows_written", "error", "create_time", "finish_time")
+    __slots__ = ("project", "id", "feature_views", "start_time", "end_time", "state", "rows_written", "error", "create_time", "finish_time", "run_ids")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     FEATURE_VIEWS_FIELD_NUMBER: _ClassVar[int]
@@ -480,6 +501,7 @@ class MaterializationJob(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     FINISH_TIME_FIELD_NUMBER: _ClassVar[int]
+    RUN_IDS_FIELD_NUMBER: _ClassVar[int]
     project: str
     id: str
     feature_views: _containers.RepeatedScalarFieldContainer[str]
@@ -490,7 +512,8 @@ class MaterializationJob(_message.Message):
     error: str
     create_time: _timestamp_pb2.Timestamp
     finish_time: _timestamp_pb2.Timestamp
-    def __init__(self, project: _Optional[str] = ..., id: _Optional[str] = ..., feature_views: _Optional[_Iterable[str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., rows_written: _Optional[int] = ..., error: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    run_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, project: _Optional[str] = ..., id: _Optional[str] = ..., feature_views: _Optional[_Iterable[str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., rows_written: _Optional[int] = ..., error: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetMaterializationJobRequest(_message.Message):
     __slots__ = ("project", "id")

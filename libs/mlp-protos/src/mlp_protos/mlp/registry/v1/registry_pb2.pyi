@@ -20,6 +20,13 @@ class VersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VERSION_STATE_READY: _ClassVar[VersionState]
     VERSION_STATE_ARCHIVED: _ClassVar[VersionState]
 
+class UploadState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPLOAD_STATE_UNSPECIFIED: _ClassVar[UploadState]
+    UPLOAD_STATE_OPEN: _ClassVar[UploadState]
+    UPLOAD_STATE_COMPLETE: _ClassVar[UploadState]
+    UPLOAD_STATE_ABORTED: _ClassVar[UploadState]
+
 class ChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CHANGE_KIND_UNSPECIFIED: _ClassVar[ChangeKind]
@@ -46,6 +53,10 @@ VERSION_STATE_UNSPECIFIED: VersionState
 VERSION_STATE_PENDING_UPLOAD: VersionState
 VERSION_STATE_READY: VersionState
 VERSION_STATE_ARCHIVED: VersionState
+UPLOAD_STATE_UNSPECIFIED: UploadState
+UPLOAD_STATE_OPEN: UploadState
+UPLOAD_STATE_COMPLETE: UploadState
+UPLOAD_STATE_ABORTED: UploadState
 CHANGE_KIND_UNSPECIFIED: ChangeKind
 CHANGE_KIND_SET_ALIAS: ChangeKind
 CHANGE_KIND_REMOVE_ALIAS: ChangeKind
@@ -245,14 +256,64 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RegisterVersionRequest(_message.Message):
-    __slots__ = ("version", "idempotency_key")
+    __slots__ = ("version", "idempotency_key", "files")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
     version: ModelVersion
     idempotency_key: str
-    def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    files: _containers.RepeatedCompositeFieldContainer[ArtifactFile]
+    def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ...) -> None: ...
 
-class UploadHeader(_message.Message):
+class RegisterVersionResponse(_message.Message):
+    __slots__ = ("version", "uploads")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPLOADS_FIELD_NUMBER: _ClassVar[int]
+    version: ModelVersion
+    uploads: _containers.RepeatedCompositeFieldContainer[UploadSession]
+    def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ..., uploads: _Optional[_Iterable[_Union[UploadSession, _Mapping]]] = ...) -> None: ...
+
+class UploadSession(_message.Message):
+    __slots__ = ("id", "path", "size_bytes", "digest", "offset", "state", "update_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    path: str
+    size_bytes: int
+    digest: str
+    offset: int
+    state: UploadState
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., digest: _Optional[str] = ..., offset: _Optional[int] = ..., state: _Optional[_Union[UploadState, str]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UploadStart(_message.Message):
+    __slots__ = ("upload_id", "offset")
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    offset: int
+    def __init__(self, upload_id: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class UploadArtifactRequest(_message.Message):
+    __slots__ = ("start", "data")
+    START_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    start: UploadStart
+    data: bytes
+    def __init__(self, start: _Optional[_Union[UploadStart, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class GetUploadSessionRequest(_message.Message):
+    __slots__ = ("upload_id",)
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    def __init__(self, upload_id: _Optional[str] = ...) -> None: ...
+
+class CommitVersionRequest(_message.Message):
     __slots__ = ("project", "model", "version")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -261,32 +322,6 @@ class UploadHeader(_message.Message):
     model: str
     version: int
     def __init__(self, project: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
-
-class FileChunk(_message.Message):
-    __slots__ = ("path", "offset", "data")
-    PATH_FIELD_NUMBER: _ClassVar[int]
-    OFFSET_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    path: str
-    offset: int
-    data: bytes
-    def __init__(self, path: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
-
-class UploadCommit(_message.Message):
-    __slots__ = ("manifest",)
-    MANIFEST_FIELD_NUMBER: _ClassVar[int]
-    manifest: ArtifactManifest
-    def __init__(self, manifest: _Optional[_Union[ArtifactManifest, _Mapping]] = ...) -> None: ...
-
-class UploadArtifactRequest(_message.Message):
-    __slots__ = ("header", "chunk", "commit")
-    HEADER_FIELD_NUMBER: _ClassVar[int]
-    CHUNK_FIELD_NUMBER: _ClassVar[int]
-    COMMIT_FIELD_NUMBER: _ClassVar[int]
-    header: UploadHeader
-    chunk: FileChunk
-    commit: UploadCommit
-    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ..., commit: _Optional[_Union[UploadCommit, _Mapping]] = ...) -> None: ...
 
 class GetVersionRequest(_message.Message):
     __slots__ = ("project", "model", "version")
@@ -343,6 +378,16 @@ class DownloadArtifactResponse(_message.Message):
     header: DownloadHeader
     chunk: FileChunk
     def __init__(self, header: _Optional[_Union[DownloadHeader, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ...) -> None: ...
+
+class FileChunk(_message.Message):
+    __slots__ = ("path", "offset", "data")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    offset: int
+    data: bytes
+    def __init__(self, path: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class DownloadHeader(_message.Message):
     __slots__ = ("version", "manifest", "signature")

@@ -55,11 +55,21 @@ class RegistryServiceStub:
         self.RegisterVersion = channel.unary_unary(
                 '/mlp.registry.v1.RegistryService/RegisterVersion',
                 request_serializer=mlp_dot_registry_dot_v1_dot_registry__pb2.RegisterVersionRequest.SerializeToString,
-                response_deserializer=mlp_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                response_deserializer=mlp_dot_registry_dot_v1_dot_registry__pb2.RegisterVersionResponse.FromString,
                 _registered_method=True)
         self.UploadArtifact = channel.stream_unary(
                 '/mlp.registry.v1.RegistryService/UploadArtifact',
                 request_serializer=mlp_dot_registry_dot_v1_dot_registry__pb2.UploadArtifactRequest.SerializeToString,
+                response_deserializer=mlp_dot_registry_dot_v1_dot_registry__pb2.UploadSession.FromString,
+                _registered_method=True)
+        self.GetUploadSession = channel.unary_unary(
+                '/mlp.registry.v1.RegistryService/GetUploadSession',
+                request_serializer=mlp_dot_registry_dot_v1_dot_registry__pb2.GetUploadSessionRequest.SerializeToString,
+                response_deserializer=mlp_dot_registry_dot_v1_dot_registry__pb2.UploadSession.FromString,
+                _registered_method=True)
+        self.CommitVersion = channel.unary_unary(
+                '/mlp.registry.v1.RegistryService/CommitVersion',
+                request_serializer=mlp_dot_registry_dot_v1_dot_registry__pb2.CommitVersionRequest.SerializeToString,
                 response_deserializer=mlp_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
                 _registered_method=True)
         self.GetVersion = channel.unary_unary(
@@ -156,17 +166,37 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterVersion(self, request, context):
-        """Registers a new version's metadata; the version is PENDING_UPLOAD until UploadArtifact
-        commits its files. Version numbers are assigned by the registry (1, 2, ...).
+        """Starts a version: its metadata and the files it will hold (path, size, "sha256:<hex>").
+        The version is PENDING_UPLOAD; one upload session per declared file is returned. Version
+        numbers are assigned by the registry (1, 2, ...).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UploadArtifact(self, request_iterator, context):
-        """Uploads a pending version's files: a client stream whose first message is a header, then
-        file chunks, then a final message with the manifest digest. The registry checks every
-        file's SHA-256 and the manifest digest, encrypts and signs, then marks the version READY.
+        """Appends bytes to one upload session: a client stream whose first message names the session
+        and the offset to write at (the server-reported offset), the rest carry data. Bytes are
+        encrypted as they arrive; only whole encryption segments (or the end of the file) become
+        durable, so a stream cut short resumes from the offset returned here or by GetUploadSession.
+        ABORTED when the offset is not the session's (resume from the offset in the message) or when
+        another stream is writing to the same session; INVALID_ARGUMENT when the complete file does
+        not have the declared digest (the session is reset to offset 0).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUploadSession(self, request, context):
+        """Returns an upload session with its durable offset (where to resume).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitVersion(self, request, context):
+        """Registers a version whose files are all uploaded: signs its manifest, state becomes READY.
+        FAILED_PRECONDITION while an upload is incomplete.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,6 +218,9 @@ class RegistryServiceServicer:
 
     def DownloadArtifact(self, request, context):
         """Downloads a version's files (decrypted): first the manifest, then chunks of each file.
+        Every segment is authenticated before its bytes are sent and each file's SHA-256 is checked
+        at its end: stored bytes that were altered, cut or moved end the stream with DATA_LOSS
+        (bytes already sent must then be discarded by the client).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -250,7 +283,10 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetLineage(self, request, context):
-        """Returns the lineage graph around an object (data → features → run → version → predictions).
+        """Returns the lineage graph around an object. UPSTREAM from a model_version: its training run,
+        training set (dataset), feature views, feature service and code version. DOWNSTREAM from a
+        feature_view or dataset (training-set digest): the model versions made from it; from a
+        model_version: the aliases that point at it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -284,11 +320,21 @@ def add_RegistryServiceServicer_to_server(servicer, server):
             'RegisterVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterVersion,
                     request_deserializer=mlp_dot_registry_dot_v1_dot_registry__pb2.RegisterVersionRequest.FromString,
-                    response_serializer=mlp_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+                    response_serializer=mlp_dot_registry_dot_v1_dot_registry__pb2.RegisterVersionResponse.SerializeToString,
             ),
             'UploadArtifact': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadArtifact,
                     request_deserializer=mlp_dot_registry_dot_v1_dot_registry__pb2.UploadArtifactRequest.FromString,
+                    response_serializer=mlp_dot_registry_dot_v1_dot_registry__pb2.UploadSession.SerializeToString,
+            ),
+            'GetUploadSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUploadSession,
+                    request_deserializer=mlp_dot_registry_dot_v1_dot_registry__pb2.GetUploadSessionRequest.FromString,
+                    response_serializer=mlp_dot_registry_dot_v1_dot_registry__pb2.UploadSession.SerializeToString,
+            ),
+            'CommitVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitVersion,
+                    request_deserializer=mlp_dot_registry_dot_v1_dot_registry__pb2.CommitVersionRequest.FromString,
                     response_serializer=mlp_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
             ),
             'GetVersion': grpc.unary_unary_rpc_method_handler(
@@ -466,7 +512,7 @@ class RegistryService:
             target,
             '/mlp.registry.v1.RegistryService/RegisterVersion',
             mlp_dot_registry_dot_v1_dot_registry__pb2.RegisterVersionRequest.SerializeToString,
-            mlp_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            mlp_dot_registry_dot_v1_dot_registry__pb2.RegisterVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -493,6 +539,60 @@ class RegistryService:
             target,
             '/mlp.registry.v1.RegistryService/UploadArtifact',
             mlp_dot_registry_dot_v1_dot_registry__pb2.UploadArtifactRequest.SerializeToString,
+            mlp_dot_registry_dot_v1_dot_registry__pb2.UploadSession.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUploadSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlp.registry.v1.RegistryService/GetUploadSession',
+            mlp_dot_registry_dot_v1_dot_registry__pb2.GetUploadSessionRequest.SerializeToString,
+            mlp_dot_registry_dot_v1_dot_registry__pb2.UploadSession.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlp.registry.v1.RegistryService/CommitVersion',
+            mlp_dot_registry_dot_v1_dot_registry__pb2.CommitVersionRequest.SerializeToString,
             mlp_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
             options,
             channel_credentials,
