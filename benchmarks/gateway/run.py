@@ -114,7 +114,6 @@ def main() -> None:
             "MLP_GATEWAY_RATE_LIMIT_PER_S": "1000000", "MLP_GATEWAY_RATE_LIMIT_BURST": "1000000",
             "MLP_GATEWAY_OPENAPI_REFRESH_S": "3600"}, work / "gateway.log"))
         direct, gateway = f"http://127.0.0.1:{svc_port}", f"http://127.0.0.1:{gw_port}"
-        print(f"direct {direct}  gateway {gateway}  issuer {issuer.issuer}", flush=True)
         wait_ready(direct, procs[0], work / "upstream.log")
         wait_ready(gateway, procs[1], work / "gateway.log")
         d, g = asyncio.run(load(direct, gateway, token, opts.requests, opts.concurrency, opts.rounds,

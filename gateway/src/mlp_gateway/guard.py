@@ -105,7 +105,7 @@ class GatewayGuard:
             await self._send_problem(scope, send, exc)
             await self._audit(scope, principal, exc.status, "refused", exc.detail)
             return
-        await self._forward(scope, send, principal, body)
+        await self._forward(scope, receive, send, principal, body)
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -189,13 +189,14 @@ class GatewayGuard:
             if not message.get("more_body", False):
                 return messages
 
-    async def _forward(self, scope: Scope, send: Send, principal: Principal, body: list[Message]) -> None:
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, principal: Principal,
+                       body: list[Message]) -> None:
         pending = list(body)
 
         async def replay() -> Message:
             if pending:
                 return pending.pop(0)
-            return {"type": "http.disconnect"}
+            return await receive()  # after the body: wait for the real disconnect, as servers do
 
         status = 500
 

@@ -10,7 +10,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 
 from mlp_core.auth import request_principal
-from mlp_core.errors import BadGateway, DeadlineExceeded, DomainError, NotFound, Unavailable
+from mlp_core.errors import BadGateway, DeadlineExceeded, DomainError, InvalidArgument, NotFound, Unavailable
 from mlp_gateway.exchange import TokenExchanger
 
 #: Hop-by-hop headers (RFC 9110 §7.6.1), credentials we set ourselves, and identity headers that a
@@ -68,11 +68,16 @@ class Forwarder:
         headers = forwarded_headers(request)
         headers.append(("authorization", f"Bearer {token}"))
         headers.append(("x-forwarded-for", request.client.host if request.client else "unknown"))
-        url = httpx.URL(base + request.url.path, query=request.url.query.encode())
         timeout = self.timeout_for(request.url.path)
-        upstream_req = self.client.build_request(request.method, url, headers=headers,
-                                                 content=request.stream(),
-                                                 timeout=httpx.Timeout(timeout, connect=min(3.0, timeout)))
+        try:
+            # The path as the client sent it (still percent-encoded), so it reaches the service unchanged.
+            raw_path = request.scope.get("raw_path") or request.url.path.encode()
+            url = httpx.URL(base + raw_path.decode("ascii"), query=request.url.query.encode())
+            upstream_req = self.client.build_request(request.method, url, headers=headers,
+                                                     content=request.stream(),
+                                                     timeout=httpx.Timeout(timeout, connect=min(3.0, timeout)))
+        except (httpx.InvalidURL, UnicodeDecodeError) as exc:
+            raise InvalidArgument("the request path or query cannot be forwarded; percent-encode it") from exc
         try:
             upstream = await self.client.send(upstream_req, stream=True)
         except httpx.ConnectError as exc:

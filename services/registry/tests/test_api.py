@@ -21,7 +21,6 @@ from mlp_registry.api.grpc import RegistryServicer
 from mlp_registry.main import MIGRATIONS_DIR, build, build_service
 from mlp_registry.settings import RegistrySettings
 
-pytest_plugins = ["mlp_core.testing.tokens"]
 API = "/api/v1/registry"
 DATA = os.urandom(300_000) + b"MARKER"
 

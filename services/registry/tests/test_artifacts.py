@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,56 @@ def test_serving_side_verifier(registry: Registry, tmp_path: Path) -> None:
     tampered["signatures"][0]["keyid"] = "unknown"
     with pytest.raises(IntegrityCheckFailed, match="trusted"):
         verify_model_files(tampered, keys, out)
+
+
+def test_concurrent_writers_to_one_session_are_locked_out(registry: Registry) -> None:
+    import threading
+    from datetime import timedelta
+
+    seg = registry.service.ctx.segment_size
+    version, (upload,) = registry.service.uploads.create_draft(
+        ALICE, "fraud", "scorer", VersionDraft(files=[_spec("model.onnx", WEIGHTS)]))
+    go_on = threading.Event()
+
+    def slow() -> Iterator[bytes]:
+        yield WEIGHTS[:seg]
+        go_on.wait(10)
+        yield WEIGHTS[seg:]
+
+    result: list[object] = []
+    first = threading.Thread(target=lambda: result.append(
+        registry.service.uploads.write(ALICE, upload.id, 0, slow())))
+    first.start()
+    for _ in range(200):  # wait until the first writer holds the lease
+        if registry.service.uploads.get_upload(ALICE, upload.id).lease_id:
+            break
+        first.join(0.05)
+    with pytest.raises(Conflict, match="another stream is writing"):
+        registry.service.uploads.write(ALICE, upload.id, 0, [WEIGHTS])
+    go_on.set()
+    first.join(10)
+    assert getattr(result[0], "offset", None) == len(WEIGHTS)
+    assert registry.service.uploads.get_upload(ALICE, upload.id).lease_id is None, "lease released"
+    registry.service.uploads.commit(ALICE, "fraud", "scorer", version.number)
+    assert registry.read(version.number, "model.onnx") == WEIGHTS
+    # a writer that died holding a lease blocks the session only until the lease lapses
+    _, (stuck,) = registry.service.uploads.create_draft(
+        ALICE, "fraud", "scorer", VersionDraft(files=[_spec("config.json", CONFIG)]))
+    now = registry.clock()
+    with registry.service.ctx.store.transaction() as tx:
+        assert tx.claim_upload(stuck.id, 0, "crashed-writer", now, now + timedelta(seconds=60))
+        assert not tx.claim_upload(stuck.id, 0, "second-writer", now, now + timedelta(seconds=60))
+    with pytest.raises(Conflict):
+        registry.service.uploads.write(ALICE, stuck.id, 0, [CONFIG])
+    registry.clock.now += timedelta(seconds=61)
+    assert registry.service.uploads.write(ALICE, stuck.id, 0, [CONFIG]).state.value == "complete"
+
+
+def test_audit_filter_by_model_is_exact(registry: Registry) -> None:
+    registry.service.catalog.create_model(ALICE, "fraud", "scorer2")
+    registry.register({"m.onnx": CONFIG}, model="scorer2")
+    registry.register({"m.onnx": CONFIG}, model="scorer")
+    mine = registry.service.catalog.audit_trail(READER, "fraud", "scorer")
+    assert mine and all(r.subject in ("fraud/scorer", "fraud/scorer@1") for r in mine)
+    theirs = registry.service.catalog.audit_trail(READER, "fraud", "scorer2")
+    assert {r.subject for r in theirs} == {"fraud/scorer2", "fraud/scorer2@1"}

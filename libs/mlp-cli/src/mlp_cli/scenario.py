@@ -190,7 +190,7 @@ class Scenario:
         console.print(table)
         statuses = next(iter(feats.values()))["statuses"]
         assert statuses[0].upper() == "PRESENT" and statuses[2].upper() != "PRESENT", statuses
-        return f"3 entities × {len(feats)} features in {ms:.1f} ms through the gateway; unknown entity → {statuses[2]}"
+        return f"3 entities x {len(feats)} features in {ms:.1f} ms through the gateway; unknown entity → {statuses[2]}"
 
     def historical(self) -> str:
         now = datetime.now(UTC)

@@ -1,7 +1,7 @@
 """Protobuf ↔ domain conversion for the gRPC API. Protobuf stops here.
 
 Online results travel columnar: each feature column is one typed list (``Int64List``, ``DoubleList`` ...)
-built from a Python list in one call, so a response of 100 entities × 50 features does not create 5,000
+built from a Python list in one call, so a response of 100 entities x 50 features does not create 5,000
 ``Value`` messages.
 """
 
@@ -208,7 +208,7 @@ def online_to_pb(result: OnlineResult, dtypes: dict[str, ValueType], full_names:
         columns.append(pb.FeatureColumn(name=name, dtype=_TO_PB_TYPE[dtype], values=_packed(dtype, values),
                                         statuses=present, age_ms=zero_age))
     ages_cache: dict[int, list[int]] = {}
-    status_cache: dict[int, list[int]] = {}
+    status_cache: dict[int, list[Any]] = {}
     seen: set[str] = set()
     for name, col in result.features.items():
         out_name = name if full_names else name.partition(SEP)[2]
@@ -220,7 +220,7 @@ def online_to_pb(result: OnlineResult, dtypes: dict[str, ValueType], full_names:
         ages = ages_cache.get(id(col.ages_s))
         if ages is None:
             ages = ages_cache[id(col.ages_s)] = [-1 if a is None else int(a * 1000) for a in col.ages_s]
-        codes = status_cache.get(id(col.statuses))
+        codes: list[Any] | None = status_cache.get(id(col.statuses))
         if codes is None:
             codes = status_cache[id(col.statuses)] = [_STATUS[s] for s in col.statuses]
         if None in col.values:  # a PRESENT value stored as null says so

@@ -89,9 +89,9 @@ def entity_table(body: HistoricalIn) -> pa.Table:
 
 
 def online_json(result: OnlineResult) -> dict[str, Any]:
-    """Online result: per feature, values, statuses and ages."""
+    """Online result: per feature, values, statuses and ages (statuses are str enums: JSON strings)."""
     return {"entities": result.entities, "features": {
-        name: {"values": col.values, "statuses": [s.value for s in col.statuses], "ages_s": col.ages_s}
+        name: {"values": col.values, "statuses": col.statuses, "ages_s": col.ages_s}
         for name, col in result.features.items()}}
 
 

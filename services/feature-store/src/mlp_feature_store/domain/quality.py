@@ -58,9 +58,11 @@ def failing_rows(query: str, columns: Sequence[str], rows: Sequence[Sequence[Any
     conn = sqlite3.connect(":memory:", check_same_thread=True)
     try:
         cols = ", ".join(f'"{c}"' for c in columns)
+        # Column names are validated identifiers (feature and key names); values go in as parameters.
         conn.execute(f"CREATE TABLE batch (row_idx INTEGER PRIMARY KEY, {cols})")
         marks = ", ".join("?" for _ in range(len(columns) + 1))
-        conn.executemany(f"INSERT INTO batch VALUES ({marks})", ((i, *r) for i, r in enumerate(rows)))
+        conn.executemany(f"INSERT INTO batch VALUES ({marks})",  # noqa: S608 - only '?' placeholders
+                         ((i, *r) for i, r in enumerate(rows)))
         conn.execute("PRAGMA query_only = ON")
         conn.set_authorizer(_authorize)
         steps = [0]
@@ -73,8 +75,8 @@ def failing_rows(query: str, columns: Sequence[str], rows: Sequence[Sequence[Any
         try:
             result = conn.execute(query).fetchall()
         except sqlite3.DatabaseError as exc:
-            raise InvalidArgument(f"the SQL expectation failed: {exc}; it must select row_idx from 'batch'"
-                                  ) from None
+            reason = f"the SQL expectation failed ({exc}); it must return row_idx values of the batch table"
+            raise InvalidArgument(reason) from None
     finally:
         conn.close()
     try:

@@ -45,6 +45,8 @@ class PlannedChange:
     version: int = 1
     changes: list[str] = field(default_factory=list)
     definition: BaseModel | None = None
+    #: For an update: the stored version's ``updated_us`` when planned (optimistic concurrency).
+    base_updated_us: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form for the API."""
@@ -185,7 +187,7 @@ class RegistryService:
                 layout = ViewLayout(project, definition, tuple(keys))
                 self.regions.get(definition.residency_region).offline.ensure_table(layout)
             writes.append(DefinitionWrite(change.kind, change.name, change.version,
-                                          definition.model_dump(mode="json")))
+                                          definition.model_dump(mode="json"), change.base_updated_us))
             events.append(DomainEvent(DEFINITION_APPLIED, f"{project}/{change.kind}/{change.name}",
                                       {"project": project, **change.as_dict()}))
         if writes:
@@ -224,7 +226,8 @@ class RegistryService:
                 if old.join_keys != d.join_keys and self._referrers(project, kind, d.name):
                     return PlannedChange(kind, d.name, "error", changes=[
                         "join keys of an entity in use cannot change; define a new entity"])
-            return PlannedChange(kind, d.name, "update", 1, ["definition changed"], definition=d)
+            return PlannedChange(kind, d.name, "update", current.version, ["definition changed"], definition=d,
+                                 base_updated_us=current.updated_us)
         return self._plan_view(project, d, current)
 
     def _plan_view(self, project: str, view: FeatureView, current: StoredDefinition | None) -> PlannedChange:
@@ -254,7 +257,8 @@ class RegistryService:
         compatible = compatible_changes(old, view)
         if not compatible:
             return PlannedChange("feature_view", name, "unchanged", view.version)
-        return PlannedChange("feature_view", name, "update", view.version, compatible, definition=view)
+        return PlannedChange("feature_view", name, "update", view.version, compatible, definition=view,
+                             base_updated_us=current.updated_us)
 
     def _exists(self, project: str, kind: str, name: str, planned: dict[tuple[str, str], BaseModel]) -> bool:
         return (kind, name) in planned or self.store.get(project, kind, name) is not None

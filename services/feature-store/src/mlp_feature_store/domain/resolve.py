@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from mlp_core.errors import InvalidArgument
 from mlp_feature_store.domain.models import FeatureService, OnDemandTransformation, ValueType
 from mlp_feature_store.domain.registry import RegistryService, split_ref
-from mlp_feature_store.store.base import ViewLayout
+from mlp_feature_store.store.base import RegistryStore, StoredDefinition, ViewLayout
 
 SEP = "__"
 
@@ -41,9 +42,25 @@ class Resolved:
         return regions.pop() if regions else "default"
 
 
+class _MemoStore:
+    """Memoizes ``get`` for the duration of one resolution (a request names each view many times)."""
+
+    def __init__(self, store: RegistryStore) -> None:
+        self.store = store
+        self.memo: dict[tuple[str, str, str, int | None], StoredDefinition | None] = {}
+
+    def get(self, project: str, kind: str, name: str, version: int | None = None) -> StoredDefinition | None:
+        key = (project, kind, name, version)
+        if key not in self.memo:
+            self.memo[key] = self.store.get(project, kind, name, version)
+        return self.memo[key]
+
+
 def resolve(registry: RegistryService, project: str, features: list[str] | None,
             feature_service: str | None) -> Resolved:
     """Resolve ``features`` (refs) or ``feature_service`` (exactly one of them) in ``project``."""
+    registry = copy.copy(registry)
+    registry.store = _MemoStore(registry.store)  # type: ignore[assignment]
     if bool(features) == bool(feature_service):
         raise InvalidArgument("give either 'features' (a list of 'view:feature') or 'feature_service'")
     refs = features or []

@@ -63,7 +63,7 @@ class RetrievalService:
         #: How long an online read reuses a feature resolution; local applies invalidate it at once,
         #: other replicas' applies become visible within this time.
         self.cache_s = cache_s
-        self._cache: dict[tuple[Any, ...], tuple[float, Resolved]] = {}
+        self._cache: dict[tuple[Any, ...], tuple[float, tuple[int, int], Resolved]] = {}
 
     def _resolve(self, caller: Caller, project: str, features: list[str] | None,
                  feature_service: str | None) -> Resolved:
@@ -155,12 +155,17 @@ class RetrievalService:
         now = time.monotonic()
         hit = self._cache.get(key)
         if hit is not None and hit[0] > now:
-            resolved = hit[1]
+            resolved = hit[2]
         else:
-            resolved = resolve(self.registry, project, features, feature_service)
+            # Revalidate with one cheap query; resolve again only when the project's definitions changed.
+            stamp = self.registry.store.stamp(project)
+            if hit is not None and hit[1] == stamp:
+                resolved = hit[2]
+            else:
+                resolved = resolve(self.registry, project, features, feature_service)
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[key] = (now + self.cache_s, resolved)
+            self._cache[key] = (now + self.cache_s, stamp, resolved)
         require_pii(caller, resolved.pii)
         return resolved
 

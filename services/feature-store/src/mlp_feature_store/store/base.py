@@ -40,6 +40,8 @@ class DefinitionWrite:
     name: str
     version: int
     spec: dict[str, Any]
+    #: Optimistic concurrency: None = the version must not exist yet; else its ``updated_us`` as planned.
+    expected_updated_us: int | None = None
 
 
 class RegistryStore(ABC):
@@ -59,7 +61,7 @@ class RegistryStore(ABC):
                 ) -> list[StoredDefinition]:
         """Insert new versions or replace specs, plus ``events``, in ONE transaction.
 
-        Raises ``Conflict`` when another writer inserted one of the same versions meanwhile.
+        Raises ``Conflict`` when a version exists that should not, or changed since it was planned.
         """
 
     def put(self, project: str, kind: str, name: str, version: int, spec: dict[str, Any]) -> StoredDefinition:
@@ -69,6 +71,10 @@ class RegistryStore(ABC):
     @abstractmethod
     def delete(self, project: str, kind: str, name: str) -> int:
         """Delete every version; returns how many were deleted."""
+
+    @abstractmethod
+    def stamp(self, project: str) -> tuple[int, int]:
+        """(number of definitions, newest ``updated_us``) of a project: changes whenever a definition does."""
 
 
 @dataclass(frozen=True)

@@ -12,28 +12,36 @@ import redis
 from mlp_feature_store.store.base import OnlineStore, OnlineValue, ViewLayout
 from mlp_feature_store.store.offline_tables import feat_col, key_col
 
-# Replace the record only if the new row is newer by (event time, ingestion time): a late or replayed
-# row never overwrites a newer value, and rerunning a materialization changes nothing.
+# A record is one string "<event µs>,<ingested µs>,<JSON object of feature values>", so that a read of
+# many entities is ONE MGET. It is replaced only if the new row is newer by (event time, ingestion
+# time): a late or replayed row never overwrites a newer value, and rerunning a materialization
+# changes nothing.
 _WRITE_IF_NEWER = """
-local cur = redis.call('HMGET', KEYS[1], '_ev', '_ing')
-if cur[1] then
-  local cev = tonumber(cur[1]); local cing = tonumber(cur[2])
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local cev, cing = string.match(cur, '^(%d+),(%d+),')
+  cev = tonumber(cev); cing = tonumber(cing)
   local ev = tonumber(ARGV[1]); local ing = tonumber(ARGV[2])
   if cev > ev or (cev == ev and cing >= ing) then return 0 end
 end
-redis.call('HSET', KEYS[1], '_ev', ARGV[1], '_ing', ARGV[2], '_v', ARGV[4])
+redis.call('SET', KEYS[1], ARGV[1] .. ',' .. ARGV[2] .. ',' .. ARGV[4])
 if tonumber(ARGV[3]) > 0 then redis.call('PEXPIREAT', KEYS[1], ARGV[3]) end
 return 1
 """
 
 _WRITE_CHUNK = 1_000
-_FIELDS = ("_ev", "_ing", "_v")
 
 
-def _take(it: Iterable[Any], n: int) -> list[Any]:
-    """The next ``n`` items of an iterator."""
-    iterator = iter(it)
-    return [next(iterator) for _ in range(n)]
+def encode_record(event_us: int, ingested_us: int, values: dict[str, Any]) -> bytes:
+    """The stored form of one record (what the write script builds)."""
+    return b"%d,%d," % (event_us, ingested_us) + orjson.dumps(values)
+
+
+def _decode(raw: bytes | None) -> OnlineValue | None:
+    if raw is None:
+        return None
+    ev, ing, blob = raw.split(b",", 2)
+    return OnlineValue(orjson.loads(blob), int(ev), int(ing))
 
 
 def key_prefix(layout: ViewLayout) -> str:
@@ -48,11 +56,10 @@ def entity_key(layout: ViewLayout, key: Sequence[Any]) -> str:
 
 
 class RedisOnlineStore(OnlineStore):
-    """Latest values per entity in Redis hashes.
+    """Latest values per entity in Redis: one string record per (view version, entity).
 
-    ``_ev``/``_ing`` hold event and ingestion µs (compared by the write script); ``_v`` holds every
-    feature value of the record as one JSON object, so a read fetches three fields whatever the
-    number of features and decodes one blob per entity (not one value per feature).
+    A read of any number of entities and views is one ``MGET`` (one command, one reply) and decodes one
+    JSON blob per record, not one value per feature.
     """
 
     def __init__(self, client: redis.Redis) -> None:
@@ -87,16 +94,15 @@ class RedisOnlineStore(OnlineStore):
 
     def read(self, requests: Sequence[tuple[ViewLayout, Sequence[str], Sequence[tuple[Any, ...]]]]
              ) -> list[list[OnlineValue | None]]:
-        """See ``OnlineStore.read``: one pipelined round trip of HMGETs (three fields per record)."""
-        pipe = self.client.pipeline(transaction=False)
-        for layout, _features, keys in requests:
-            prefix = key_prefix(layout)
-            for key in keys:
-                pipe.hmget(prefix + orjson.dumps(key).decode(), _FIELDS)
-        raw = iter(pipe.execute())
-        loads = orjson.loads
-        return [[None if got[0] is None else OnlineValue(loads(got[2]), int(got[0]), int(got[1]))
-                 for got in _take(raw, len(keys))] for _layout, _f, keys in requests]
+        """See ``OnlineStore.read``: one ``MGET`` of every requested record."""
+        keys = [key_prefix(layout) + orjson.dumps(key).decode() for layout, _f, ks in requests for key in ks]
+        raw = self.client.mget(keys) if keys else []
+        out: list[list[OnlineValue | None]] = []
+        i = 0
+        for _layout, _features, ks in requests:
+            out.append([_decode(r) for r in raw[i:i + len(ks)]])
+            i += len(ks)
+        return out
 
     def erase(self, layout: ViewLayout, key_values: dict[str, Any]) -> int:
         """See ``OnlineStore.erase``; a partial key scans the view's records."""

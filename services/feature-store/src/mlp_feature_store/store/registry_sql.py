@@ -74,19 +74,21 @@ class SqlRegistryStore(RegistryStore):
 
     @staticmethod
     def _put(s: Any, project: str, w: DefinitionWrite, now: int) -> StoredDefinition:
-        existing = s.execute(select(definitions.c.id, definitions.c.created_us).where(
-            definitions.c.project == project, definitions.c.kind == w.kind, definitions.c.name == w.name,
-            definitions.c.version == w.version)).first()
-        if existing is None:
+        ident = (definitions.c.project == project, definitions.c.kind == w.kind, definitions.c.name == w.name,
+                 definitions.c.version == w.version)
+        if w.expected_updated_us is None:
+            # A concurrent apply of the same new version fails here on the unique constraint (or finds it).
+            if s.execute(select(definitions.c.id).where(*ident)).first() is not None:
+                raise IntegrityError("definition exists", None, Exception("planned as new"))
             s.execute(definitions.insert().values(project=project, kind=w.kind, name=w.name, version=w.version,
                                                   spec=w.spec, created_us=now, updated_us=now))
             s.flush()
-            created = now
-        else:
-            s.execute(definitions.update().where(definitions.c.id == existing.id).values(
-                spec=w.spec, updated_us=now))
-            created = existing.created_us
-        return StoredDefinition(project, w.kind, w.name, w.version, w.spec, created, now)
+            return StoredDefinition(project, w.kind, w.name, w.version, w.spec, now, now)
+        updated = s.execute(definitions.update().where(*ident, definitions.c.updated_us == w.expected_updated_us)
+                            .values(spec=w.spec, updated_us=now).returning(definitions.c.created_us)).first()
+        if updated is None:
+            raise IntegrityError("definition changed", None, Exception("changed since planned"))
+        return StoredDefinition(project, w.kind, w.name, w.version, w.spec, updated.created_us, now)
 
     def delete(self, project: str, kind: str, name: str) -> int:
         """See ``RegistryStore.delete``."""
@@ -94,3 +96,11 @@ class SqlRegistryStore(RegistryStore):
             res = s.execute(delete(definitions).where(definitions.c.project == project,
                                                       definitions.c.kind == kind, definitions.c.name == name))
             return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+    def stamp(self, project: str) -> tuple[int, int]:
+        """See ``RegistryStore.stamp``: one indexed aggregate query."""
+        q = select(func.count(), func.coalesce(func.max(definitions.c.updated_us), 0)).where(
+            definitions.c.project == project)
+        with self.db.session() as s:
+            count, newest = s.execute(q).one()
+        return int(count), int(newest)

@@ -155,7 +155,11 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         if first is None or first.WhichOneof("part") != "start" or not first.start.upload_id:
             raise InvalidArgument("the first message of UploadArtifact must be `start` with the upload_id and "
                                   "the offset to write at (see RegisterVersion / GetUploadSession)")
-        bridge = ChunkBridge(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        bridge = ChunkBridge(loop)
+        # Should a finished or cancelled call not wake a pending read of the request stream, its
+        # completion still ends the bridge, so the worker keeps what it made durable.
+        context.add_done_callback(lambda _: loop.call_soon_threadsafe(bridge.close))
         worker = asyncio.ensure_future(_call(self.service.uploads.write, p, first.start.upload_id,
                                              first.start.offset, bridge.chunks()))
         worker.add_done_callback(lambda _: bridge.abandon())

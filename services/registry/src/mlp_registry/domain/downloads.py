@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from mlp_registry.domain.context import RegistryContext, load_model, load_versio
 from mlp_registry.domain.errors import IntegrityCheckFailed
 from mlp_registry.domain.manifest import check_version
 from mlp_registry.domain.models import ArtifactFile, AuditRecord, Model, ModelVersion
+from mlp_registry.domain.upload_pipeline import BackgroundHasher
 
 
 @dataclass
@@ -83,11 +83,14 @@ class VersionDownloads:
         return SegmentCipher(key, file.nonce_prefix, binding, file.segment_size)
 
     def _plaintext(self, cipher: SegmentCipher, file: ArtifactFile) -> Iterator[bytes]:
-        digest = hashlib.sha256()
-        stored = self.ctx.artifacts.read(file.object_key, file.segment_size + TAG_SIZE)
-        for piece in decrypt_segments(cipher, stored, file.size):
-            digest.update(piece)
-            yield piece
+        digest = BackgroundHasher()  # SHA-256 on a second core while this thread decrypts the next segment
+        try:
+            stored = self.ctx.artifacts.read(file.object_key, file.segment_size + TAG_SIZE)
+            for piece in decrypt_segments(cipher, stored, file.size):
+                digest.update(piece)
+                yield piece
+        finally:
+            digest.finish()
         if digest.hexdigest() != file.sha256:
             raise IntegrityCheckFailed(f"file {file.path!r} does not match its signed SHA-256 digest")
 

@@ -2,8 +2,8 @@
 
 S3 has no append, so a staging object is a series of part objects ``<prefix>staging/<id>/<offset>``;
 ``promote`` streams them into one multipart upload of the final key (parts of at least 8 MiB).
-boto3 is an optional dependency, imported when the store is built. Only its interface conformance
-is tested here (no S3 endpoint on the build machines).
+boto3 is an optional dependency (extra ``s3``), imported when the store is built. The artifact-store
+contract tests run against it over HTTP on a moto S3 server (``tests/test_artifact_store_contract.py``).
 """
 
 from __future__ import annotations

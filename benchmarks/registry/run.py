@@ -3,9 +3,10 @@
 The registry path is the real one: SQLite metadata, local artifact folder, AES-256-GCM segments with a
 wrapped data key, SHA-256 while streaming, Ed25519-signed manifest, and on download signature + record
 checks, per-segment authentication and the digest check. Baselines in the same run: ``shutil.copyfile``
-(kernel copy) and a Python read/write loop with 1 MiB buffers and fsync (same durability as the store).
+(kernel copy, no fsync) and a Python read/write loop with 1 MiB buffers and fsync (the same durability
+as the store's upload). ``make bench`` runs it with the default 1 GiB.
 
-    .venv/bin/python benchmarks/registry/bench_throughput.py --size-mib 1024
+    .venv/bin/python benchmarks/registry/run.py --size-mib 1024
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mlp_core.db import Database, migrate
@@ -66,7 +67,7 @@ def _python_copy(src: Path, dst: Path) -> None:
         os.fsync(out.fileno())
 
 
-def _timed(label: str, size: int, fn) -> float:  # type: ignore[no-untyped-def]
+def _timed(label: str, size: int, fn: Callable[[], None]) -> float:
     start = time.perf_counter()
     fn()
     seconds = time.perf_counter() - start
@@ -76,6 +77,7 @@ def _timed(label: str, size: int, fn) -> float:  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
+    """Run the baselines and the registry's upload and download once each; print rates and ratios."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temp dir)")
@@ -105,7 +107,7 @@ def main() -> None:
         def upload() -> None:
             version, (session,) = service.uploads.create_draft(
                 ACTOR, "bench", "big", VersionDraft(files=[FileSpec("model.bin", size, sha)]))
-            service.uploads.write(ACTOR, session.id, 0, _read(src, 256 * 1024))
+            service.uploads.write(ACTOR, session.id, 0, _read(src, MIB))
             service.uploads.commit(ACTOR, "bench", "big", version.number)
 
         up = _timed("registry upload (encrypt + sha256 + fsync + sign)", size, upload)
@@ -125,6 +127,7 @@ def main() -> None:
         print(f"upload   / python copy = {up / copy2:5.2f}   upload   / kernel copy = {up / copy1:5.2f}")
         print(f"download / python copy = {down / copy2:5.2f}   download / kernel copy = {down / copy1:5.2f}")
         print(f"peak RSS of the whole run: {_rss_mib():.1f} MiB (goal < 200 MiB)")
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end")
 
 
 def _sha_file(path: Path) -> str:
