@@ -68,7 +68,7 @@ async def _online_cells(bench: data.Bench, token: str, grpc_port: int, http_port
                     out.append((proto, n, conc, await load.closed_loop(call, conc, seconds)))
             prefixes = [f"fs:{bench.project}:v{v}:v1:" for v in range(data.VIEWS)]
             out.append(("raw redis-py", n, 1, load.raw_redis(
-                bench.redis_url, lambda i, n=n: [p + f"[{e}]" for p in prefixes for e in ids(i, n)], seconds)))
+                bench.redis_url, lambda i, n=n, ps=prefixes: [p + f"[{e}]" for p in ps for e in ids(i, n)], seconds)))
     return out
 
 

@@ -96,7 +96,7 @@ class RedisOnlineStore(OnlineStore):
              ) -> list[list[OnlineValue | None]]:
         """See ``OnlineStore.read``: one ``MGET`` of every requested record."""
         keys = [key_prefix(layout) + orjson.dumps(key).decode() for layout, _f, ks in requests for key in ks]
-        raw = self.client.mget(keys) if keys else []
+        raw: list[Any] = self.client.mget(keys) if keys else []
         out: list[list[OnlineValue | None]] = []
         i = 0
         for _layout, _features, ks in requests:
