@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter
 
 from mlp_core.host import ServiceHost, ServiceParts
@@ -20,7 +18,7 @@ def main() -> None:
 
     settings = CoreSettings(service_name="feature-store", grpc_port=0)
     host = ServiceHost(settings, ServiceParts(title="bench upstream", routers=[router]))
-    asyncio.run(host.serve())
+    host.run()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +102,7 @@ def main() -> None:
     """Console entry point ``mlp-gateway``."""
     settings = GatewaySettings()
     setup_process(settings)
-    asyncio.run(build_gateway(settings).host.serve())
+    build_gateway(settings).host.run()
 
 
 if __name__ == "__main__":

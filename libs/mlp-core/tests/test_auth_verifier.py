@@ -141,3 +141,99 @@ def test_principal_require_and_tenancy() -> None:
     assert service.can_access("other")
     with pytest.raises(PermissionDenied):
         service.require("admin")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_verified_token_is_cached_and_skips_the_signature_check(test_issuer: TestIssuer,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = test_issuer.verifier()
+    token = test_issuer.mint(sub="alice")
+    first = await verifier.verify(token)
+    assert verifier.cached_tokens == 1
+
+    def no_crypto(*_a: object, **_k: object) -> None:
+        raise AssertionError("signature checked again for a cached token")
+
+    monkeypatch.setattr("mlp_core.auth.verifier.jws.deserialize_compact", no_crypto)
+    assert await verifier.verify(token) is first
+    with pytest.raises(TypeError):
+        first.claims["sub"] = "mallory"  # type: ignore[index]  # shared principals are read-only
+
+
+async def test_expired_cached_token_is_refused(test_issuer: TestIssuer) -> None:
+    clock = _Clock()
+    now = int(clock.now)
+    verifier = test_issuer.verifier(clock=clock, leeway_s=0, cache_ttl_s=3600)
+    token = test_issuer.mint(iat=now, nbf=now, exp=now + 30)
+    await verifier.verify(token)
+    clock.now = now + 29
+    await verifier.verify(token)  # still valid: served from the cache
+    clock.now = now + 31
+    with pytest.raises(Unauthenticated, match="expired"):
+        await verifier.verify(token)
+    assert verifier.cached_tokens == 0
+
+
+async def test_cache_entry_lives_at_most_ttl_then_is_verified_again(test_issuer: TestIssuer,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    verifier = test_issuer.verifier(clock=clock, cache_ttl_s=60)
+    token = test_issuer.mint(lifetime_s=600, iat=int(clock.now), nbf=int(clock.now), exp=int(clock.now) + 600)
+    await verifier.verify(token)
+    calls = 0
+    real = __import__("mlp_core.auth.verifier", fromlist=["jws"]).jws.deserialize_compact
+
+    def counting(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("mlp_core.auth.verifier.jws.deserialize_compact", counting)
+    clock.now += 59
+    await verifier.verify(token)
+    assert calls == 0
+    clock.now += 2
+    await verifier.verify(token)
+    assert calls == 1
+
+
+async def test_cache_is_bounded_lru_and_never_caches_refusals(test_issuer: TestIssuer) -> None:
+    verifier = test_issuer.verifier(cache_size=3)
+    tokens = [test_issuer.mint(sub=f"user-{i}") for i in range(5)]
+    for token in tokens:
+        await verifier.verify(token)
+    assert verifier.cached_tokens == 3
+    await verifier.verify(tokens[2])  # most recently used now; tokens[3] is the oldest
+    await verifier.verify(test_issuer.mint(sub="late"))
+    assert verifier.cached_tokens == 3
+    for name, bad in list(bad_tokens(test_issuer).items())[:10]:
+        with pytest.raises(Unauthenticated):
+            await verifier.verify(bad)
+        with pytest.raises(Unauthenticated):
+            await verifier.verify(bad)  # a refusal is refused again, never cached
+    assert verifier.cached_tokens == 3
+    verifier.clear_cache()
+    assert verifier.cached_tokens == 0
+
+
+async def test_cache_can_be_turned_off(test_issuer: TestIssuer) -> None:
+    verifier = test_issuer.verifier(cache_size=0)
+    await verifier.verify(test_issuer.mint())
+    assert verifier.cached_tokens == 0
+
+
+async def test_tampered_copy_of_a_cached_token_is_refused(test_issuer: TestIssuer) -> None:
+    verifier = test_issuer.verifier()
+    token = test_issuer.mint()
+    await verifier.verify(token)
+    head, payload, sig = token.split(".")
+    forged = f"{head}.{payload}.{sig[:-4]}{'AAAA' if not sig.endswith('AAAA') else 'BBBB'}"
+    with pytest.raises(Unauthenticated):
+        await verifier.verify(forged)

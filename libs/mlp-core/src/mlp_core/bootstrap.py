@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -85,4 +84,4 @@ def run(settings: S, migrations_dir: Path, build: Callable[[S, Database], Servic
     """Entry point body of a service's ``main()``."""
     setup_process(settings)
     host = build_host(settings, migrations_dir, build)
-    asyncio.run(host.serve())
+    host.run()

@@ -6,10 +6,10 @@ import asyncio
 import inspect
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -19,7 +19,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from mlp_core.grpc import ErrorInterceptor, GrpcServer, ServicerRegistrar
 from mlp_core.http import MetricsMiddleware, install_problem_handlers
 from mlp_core.settings import CoreSettings
-from mlp_core.telemetry import GrpcMetrics, HttpMetrics, configure_logging, configure_tracing
+from mlp_core.telemetry import (
+    GrpcMetrics,
+    HttpMetrics,
+    TraceContextMiddleware,
+    configure_logging,
+    configure_tracing,
+    tracing_exported,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,7 @@ log = logging.getLogger(__name__)
 Probe = Callable[[], Awaitable[None] | None]
 #: A long-running task started with the service; it must return when the event is set.
 BackgroundTask = Callable[[asyncio.Event], Awaitable[None]]
+T = TypeVar("T")
 
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
 
@@ -176,12 +184,30 @@ class ServiceHost:
                 await result
 
     async def serve(self) -> None:
-        """Run REST (uvicorn) and gRPC until SIGINT/SIGTERM."""
+        """Run REST (uvicorn) and gRPC until SIGINT/SIGTERM (in the running loop; see ``run``)."""
         import uvicorn
 
+        # "auto" picks httptools when installed (uvicorn[standard]); the event loop is the caller's.
         config = uvicorn.Config(self.app, host=self.settings.http_host, port=self.settings.http_port,
-                                log_config=None, access_log=False, lifespan="on")
+                                log_config=None, access_log=False, lifespan="on", http="auto")
         await uvicorn.Server(config).serve()
+
+    def run(self) -> None:
+        """Serve until SIGINT/SIGTERM on a fresh event loop: uvloop when installed, else asyncio."""
+        run_loop(self.serve())
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on uvloop when it is installed (uvicorn[standard] brings it), else plain asyncio.
+
+    ``uvicorn.Config(loop=...)`` only applies to ``uvicorn.run``; a host served with ``await serve()``
+    runs on whatever loop its caller started, so processes start their loop through this function.
+    """
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] is a dependency
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def _supervise(task: BackgroundTask, stop: asyncio.Event) -> None:
@@ -209,6 +235,15 @@ def _build_verifier(settings: CoreSettings) -> Any:
 
 
 def _instrument_fastapi(app: FastAPI) -> None:
+    """Server spans when spans are exported; otherwise only trace-context propagation.
+
+    The OpenTelemetry ASGI instrumentation costs about as much CPU as a small endpoint itself, which
+    buys nothing while no exporter is configured. Call ``configure_tracing`` (``setup_process``)
+    before building the host, as ``bootstrap.run`` does, for the full instrumentation.
+    """
+    if not tracing_exported():
+        app.add_middleware(TraceContextMiddleware)
+        return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")

@@ -93,6 +93,9 @@ class MetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self.service = service
+        # Label children per (method, route template, status): ``labels()`` takes a lock and builds
+        # its key on every call; the set of templates is bounded by the app's routes.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,5 +116,11 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "GET")
-            self.metrics.requests.labels(self.service, method, template, str(status)).inc()
-            self.metrics.latency.labels(self.service, method, template).observe(time.perf_counter() - started)
+            key = (method, template, status)
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (
+                    self.metrics.requests.labels(self.service, method, template, str(status)),
+                    self.metrics.latency.labels(self.service, method, template))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
 
@@ -68,6 +71,7 @@ def configure_tracing(service: str, otlp_endpoint: str = "",
     The provider is process-wide because OpenTelemetry's instrumentations read the global one.
     Calling it again keeps the first provider and only adds the new exporter.
     """
+    global _exporting
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         provider = current
@@ -76,11 +80,56 @@ def configure_tracing(service: str, otlp_endpoint: str = "",
         trace.set_tracer_provider(provider)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
+        _exporting = True
     elif otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+        _exporting = True
     return provider
+
+
+_exporting = False
+
+
+def tracing_exported() -> bool:
+    """Whether ``configure_tracing`` installed an exporter in this process (spans go somewhere)."""
+    return _exporting
+
+
+_TRACE_HEADERS = {b"traceparent": "traceparent", b"tracestate": "tracestate", b"baggage": "baggage"}
+_SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+
+
+class TraceContextMiddleware:
+    """W3C trace-context propagation without recording spans (pure ASGI, a few microseconds).
+
+    Used instead of the OpenTelemetry ASGI instrumentation when no exporter is configured: the
+    request's ``traceparent``/``tracestate``/``baggage`` become the current context, so logs,
+    problem bodies, audit records, outbox events and instrumented outgoing gRPC calls carry the
+    caller's trace id. A request without a valid ``traceparent`` gets a fresh trace id (as a
+    recording server span would have given it).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        carrier = {_TRACE_HEADERS[k]: v.decode("latin-1") for k, v in scope.get("headers", ())
+                   if k in _TRACE_HEADERS}
+        ctx = propagate.extract(carrier) if carrier else otel_context.Context()
+        if not trace.get_current_span(ctx).get_span_context().is_valid:
+            fresh = trace.SpanContext(trace_id=random.getrandbits(128) or 1, span_id=random.getrandbits(64) or 1,
+                                      is_remote=False, trace_flags=_SAMPLED)
+            ctx = trace.set_span_in_context(trace.NonRecordingSpan(fresh), ctx)
+        token = otel_context.attach(ctx)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            otel_context.detach(token)
 
 
 def current_trace_id() -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -127,7 +126,7 @@ def main() -> None:
     """Console-script entry point (``mlp-feature-store``)."""
     settings = FeatureStoreSettings()
     setup_process(settings)
-    asyncio.run(build_host(settings).serve())
+    build_host(settings).run()
 
 
 if __name__ == "__main__":

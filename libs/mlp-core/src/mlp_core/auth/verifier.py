@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from joserfc import jwk, jws
@@ -75,6 +78,12 @@ class TokenVerifier:
     Checks run cheapest first; the signature is checked by joserfc with the key the issuer's JWKS
     gives for the token's ``kid``. Every refusal is ``Unauthenticated`` with a short reason that
     never repeats the token.
+
+    Verified tokens are remembered (``cache_size`` entries, least recently used evicted first) under
+    the SHA-256 of the token, so a client that repeats its token skips the signature check. An entry
+    lives until ``min(exp, verified_at + cache_ttl_s)``: an expired token is never served from the
+    cache, and a key removed from the JWKS stops being honoured within ``cache_ttl_s``. Only fully
+    verified tokens are cached, never refusals. ``cache_size=0`` turns the cache off.
     """
 
     def __init__(
@@ -87,6 +96,8 @@ class TokenVerifier:
         max_lifetime_s: int = 3600,
         leeway_s: int = 30,
         max_token_bytes: int = 8192,
+        cache_size: int = 4096,
+        cache_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         unsafe = set(algorithms) - _ASYMMETRIC
@@ -101,7 +112,13 @@ class TokenVerifier:
         self.max_lifetime_s = max_lifetime_s
         self.leeway_s = leeway_s
         self.max_token_bytes = max_token_bytes
+        if cache_size < 0 or cache_ttl_s < 0:
+            raise ValueError("cache_size and cache_ttl_s must be >= 0")
+        self.cache_size = cache_size
+        self.cache_ttl_s = cache_ttl_s
         self._clock = clock
+        #: SHA-256 of a verified token → (its principal, time after which it must be verified again).
+        self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
 
     async def verify(self, token: str) -> Principal:
         """Verify ``token`` and return its ``Principal``; raises ``Unauthenticated`` on any flaw."""
@@ -109,6 +126,33 @@ class TokenVerifier:
             raise _refuse("empty token")
         if len(token) > self.max_token_bytes:
             raise _refuse("token too large")
+        if not self.cache_size:
+            return await self._verify_fully(token)
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._cache.get(digest)
+        if cached is not None:
+            if self._clock() < cached[1]:
+                self._cache.move_to_end(digest)
+                return cached[0]
+            del self._cache[digest]
+        principal = await self._verify_fully(token)
+        exp = principal.claims["exp"]
+        self._cache[digest] = (principal, min(float(exp), self._clock() + self.cache_ttl_s))
+        self._cache.move_to_end(digest)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return principal
+
+    def clear_cache(self) -> None:
+        """Forget every verified token (e.g. after a key compromise); the next calls verify in full."""
+        self._cache.clear()
+
+    @property
+    def cached_tokens(self) -> int:
+        """How many verified tokens are remembered."""
+        return len(self._cache)
+
+    async def _verify_fully(self, token: str) -> Principal:
         parts = token.split(".")
         if len(parts) != 3:
             raise _refuse("not a compact JWS")
@@ -199,7 +243,7 @@ def principal_from_claims(claims: Mapping[str, Any], token: str) -> Principal:
         scopes=frozenset(scopes),
         projects=frozenset(p for p in projects if isinstance(p, str)) if isinstance(projects, list) else frozenset(),
         token=token,
-        claims=dict(claims),
+        claims=MappingProxyType(dict(claims)),  # read-only: verified principals are shared (cache)
     )
 
 
