@@ -161,11 +161,24 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def load(direct: str, gateway: str, token: str, total: int, concurrency: int, rounds: int,
-               max_seconds: float, client_kind: str,
-               on_measure: Callable[[], None] = lambda: None) -> tuple[list[float], list[float]]:
+               max_seconds: float, client_kind: str, on_measure: Callable[[], None] = lambda: None,
+               pids: dict[str, int] | None = None,
+               cpu: dict[str, dict[str, float]] | None = None) -> tuple[list[float], list[float]]:
+    """Measured latencies per target; ``cpu[target][process]`` gets the CPU seconds each process
+    (and the load generator, ``client``) spent during that target's rounds."""
     headers = {"Authorization": f"Bearer {token}"}
     results: dict[str, list[float]] = {"direct": [], "gateway": []}
+    procs = {"client": os.getpid(), **(pids or {})}
     client: Client = RawClient() if client_kind == "raw" else HttpxClient(concurrency)
     try:
         for base in (direct, gateway):  # warm-up: connections, JWKS, code paths
@@ -174,7 +187,12 @@ async def load(direct: str, gateway: str, token: str, total: int, concurrency: i
         started = time.monotonic()
         for _ in range(rounds):
             for name, base in (("direct", direct), ("gateway", gateway)):
+                before = {proc: cpu_seconds(pid) for proc, pid in procs.items()}
                 results[name] += await measure(client, base + PATH, headers, total // rounds, concurrency)
+                if cpu is not None:
+                    spent = cpu.setdefault(name, {})
+                    for proc, pid in procs.items():
+                        spent[proc] = spent.get(proc, 0.0) + cpu_seconds(pid) - before[proc]
             if time.monotonic() - started > max_seconds:
                 break
     finally:
@@ -223,6 +241,7 @@ def main() -> None:
         wait_ready(direct, procs[0], work / "upstream.log")
         wait_ready(gateway, procs[1], work / "gateway.log")
         profilers: list[subprocess.Popen[bytes]] = []
+        cpu: dict[str, dict[str, float]] = {}
 
         def start_profilers() -> None:
             if opts.profile is None:
@@ -237,7 +256,8 @@ def main() -> None:
 
         try:
             d, g = uvloop.run(load(direct, gateway, token, opts.requests, opts.concurrency, opts.rounds,
-                                   opts.max_seconds, opts.client, start_profilers))
+                                   opts.max_seconds, opts.client, start_profilers,
+                                   {"service": procs[0].pid, "gateway": procs[1].pid}, cpu))
         finally:
             for spy_proc in profilers:
                 spy_proc.send_signal(signal.SIGINT)
@@ -265,6 +285,9 @@ def main() -> None:
               f"{statistics.fmean(values):>10.2f}")
     print(f"{'overhead':<10}{'':>7}{pct(g, 0.5) - pct(d, 0.5):>10.2f}{pct(g, 0.99) - pct(d, 0.99):>10.2f}"
           f"{statistics.fmean(g) - statistics.fmean(d):>10.2f}")
+    print("CPU per request (ms) during each target's rounds: " + "; ".join(
+        f"{name}: " + ", ".join(f"{proc} {1000 * sec / max(1, n):.3f}" for proc, sec in cpu.get(name, {}).items())
+        for name, n in (("direct", len(d)), ("gateway", len(g)))))
     print("goal: p50 overhead < 1 ms, p99 overhead < 3 ms (2 shared cores; see README for context)")
 
 

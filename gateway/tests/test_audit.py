@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from conftest import RunningGateway, bearer, md
+from gateway_support import RunningGateway, bearer, md
 from mlp_cli.__main__ import app as cli
 from mlp_cli.audit import load_public_key, verify_chain
 from mlp_core.db import Database, migrate

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from joserfc import jwk
 
-from conftest import RunningGateway, bearer, md
+from gateway_support import RunningGateway, bearer, md
 from mlp_core.testing.tokens import TestIssuer, sign_compact
 from mlp_gateway.dpop import b64url_sha256, normalise_htu
 

@@ -8,7 +8,7 @@ import asyncio
 import grpc
 import pytest
 
-from conftest import RunningGateway, Service, bearer, gateway_settings, md, running_gateway
+from gateway_support import RunningGateway, Service, bearer, gateway_settings, md, running_gateway
 from mlp_core.testing.tokens import TestIssuer
 
 FS = "/mlp.featurestore.v1.FeatureStoreService"
@@ -146,7 +146,7 @@ async def test_tritonclient_http_health_through_gateway(gateway: RunningGateway,
     """An unmodified tritonclient.http client with an Authorization header works through the gateway."""
     import tritonclient.http as httpclient
 
-    from conftest import serve
+    from gateway_support import serve
 
     token = test_issuer.mint(scope="predict")
     async with serve(gateway.gw.host.app, lifespan="off") as url:

@@ -18,7 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from upstream import Upstream, build_upstream
 
-from conftest import gateway_settings, serve
+from gateway_support import gateway_settings, serve
 from mlp_core.broker import free_port
 from mlp_core.settings import CoreSettings
 from mlp_core.testing.tokens import TestIssuer
@@ -64,7 +64,7 @@ class LiveStack:
         core = CoreSettings(service_name="feature-store", grpc_port=free_port(), oidc_issuer=self.issuer.issuer)
         upstream = build_upstream(core, self.issuer.verifier(), Upstream())
         async with serve(upstream.app) as service_url:
-            from conftest import Service
+            from gateway_support import Service
 
             svc = Service(service_url, f"127.0.0.1:{core.grpc_port}", Upstream(), upstream)
             gw_settings = gateway_settings(self.tmp, self.pg_url, REDIS_URL, self.issuer.issuer, svc,

@@ -12,7 +12,7 @@ import grpc
 import httpx
 import pytest
 
-from conftest import RunningGateway, Service, bearer, gateway_settings, md, running_gateway
+from gateway_support import RunningGateway, Service, bearer, gateway_settings, md, running_gateway
 from mlp_core.testing.tokens import TestIssuer, bad_tokens
 
 FS_GET = "/mlp.featurestore.v1.FeatureStoreService/ListThings"

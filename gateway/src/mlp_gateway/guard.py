@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,10 +254,14 @@ def _traceparent_id(scope: Scope) -> str:
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else uuid.uuid4().hex
 
 
-def guard_factory(deps: GuardDeps) -> Any:
-    """The ``rest_auth_middleware`` callable for ``ServiceParts``."""
+def guard_factory(deps: GuardDeps, inner: Callable[[ASGIApp], ASGIApp] | None = None) -> Any:
+    """The ``rest_auth_middleware`` callable for ``ServiceParts``.
+
+    ``inner`` wraps what the guard passes checked calls to (the gateway puts its plain-ASGI
+    forwarding there, ahead of FastAPI's routing); every call still passes the guard first.
+    """
 
     def factory(app: ASGIApp, verifier: TokenVerifier, public_paths: tuple[str, ...] = ()) -> GatewayGuard:
-        return GatewayGuard(app, verifier, public_paths, deps=deps)
+        return GatewayGuard(inner(app) if inner else app, verifier, public_paths, deps=deps)
 
     return factory

@@ -19,7 +19,7 @@ from mlp_gateway.exchange import TokenExchanger
 from mlp_gateway.grpc_proxy import GatewayAuthInterceptor, GrpcProxy, proxy_registrar
 from mlp_gateway.guard import GuardDeps, guard_factory
 from mlp_gateway.openapi import OpenApiAggregator
-from mlp_gateway.proxy import Forwarder, build_proxy_router
+from mlp_gateway.proxy import Forwarder, ProxyApp, build_proxy_router
 from mlp_gateway.ratelimit import RateLimiter
 from mlp_gateway.settings import GatewaySettings
 
@@ -82,7 +82,7 @@ def build_gateway(settings: GatewaySettings, *, verifier: TokenVerifier | None =
             probes={"redis": redis_probe},
             background=[audit.run, openapi.run],
             on_shutdown=[forwarder.close, grpc_proxy.close, openapi.aclose, redis.aclose],
-            rest_auth_middleware=guard_factory(deps),
+            rest_auth_middleware=guard_factory(deps, inner=lambda app: ProxyApp(app, forwarder)),
             grpc_auth_interceptor=GatewayAuthInterceptor(verifier, audit),
         )
 

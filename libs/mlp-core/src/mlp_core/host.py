@@ -78,8 +78,11 @@ class ServiceHost:
 
     # ---------------------------------------------------------------- REST
     def _build_app(self) -> FastAPI:
+        # FastAPI's native OpenTelemetry server spans cost as much as the instrumentation below;
+        # without an exporter they buy nothing (``_instrument_fastapi`` keeps the propagation).
         app = FastAPI(title=self.parts.title, version=self.parts.version,
-                      description=self.parts.description, lifespan=self._lifespan)
+                      description=self.parts.description, lifespan=self._lifespan,
+                      telemetry=None if tracing_exported() else {"tracing": False})
         install_problem_handlers(app)
         app.include_router(self._whoami_router())
         for router in self.parts.routers:
@@ -160,6 +163,7 @@ class ServiceHost:
         interceptors[1:1] = self.extra_interceptors
         if self.settings.grpc_port:
             _instrument_grpc()
+            interceptors.insert(0, _grpc_server_tracing())
             self.grpc_server = GrpcServer(host=self.settings.http_host, port=self.settings.grpc_port,
                                           registrars=self.parts.grpc_registrars, interceptors=interceptors)
             await self.grpc_server.start()
@@ -253,14 +257,27 @@ _grpc_instrumented = False
 
 
 def _instrument_grpc() -> None:
+    """Trace context on every outgoing grpc.aio call of the process (client instrumentation is global)."""
     global _grpc_instrumented
     if _grpc_instrumented:
         return
-    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
 
-    GrpcAioInstrumentorServer().instrument()
     GrpcAioInstrumentorClient().instrument()
     _grpc_instrumented = True
+
+
+def _grpc_server_tracing() -> grpc.aio.ServerInterceptor:
+    """The OpenTelemetry server interceptor for this host's own gRPC server only.
+
+    Not the global ``GrpcAioInstrumentorServer().instrument()``, which patches ``grpc.aio.server``
+    for every server in the process (and breaks write-style streaming handlers of servers that are
+    not ours, e.g. in tests).
+    """
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor()
+    return interceptor
 
 
 def tcp_probe(address: str, timeout: float = 2.0) -> Probe:
