@@ -5,4 +5,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from gateway_support import gateway, service  # noqa: E402, F401  (fixtures)
+from gateway_support import gateway, service  # noqa: F401  (fixtures)

@@ -25,7 +25,6 @@ from mlp_gateway.settings import GatewaySettings
 sys.path.insert(0, str(Path(__file__).parent))  # upstream.py beside this file
 from upstream import Upstream, build_upstream
 
-
 ALL_SCOPES = "features:read features:write predict registry:read"
 
 

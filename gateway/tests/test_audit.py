@@ -6,10 +6,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from gateway_support import RunningGateway, bearer, md
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from gateway_support import RunningGateway, bearer, md
 from mlp_cli.__main__ import app as cli
 from mlp_cli.audit import load_public_key, verify_chain
 from mlp_core.db import Database, migrate

@@ -6,8 +6,8 @@ import gzip
 
 import grpc
 import pytest
-
 from gateway_support import RunningGateway, bearer, gateway_settings, md, running_gateway
+
 from mlp_core.testing.tokens import TestIssuer
 from mlp_gateway.policy import AUTHENTICATED, grpc_route, required_scope
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import grpc
 import pytest
+from gateway_support import RunningGateway, bearer, md
 from joserfc import jwk
 
-from gateway_support import RunningGateway, bearer, md
 from mlp_core.testing.tokens import TestIssuer, sign_compact
 from mlp_gateway.dpop import b64url_sha256, normalise_htu
 

@@ -7,8 +7,8 @@ import asyncio
 
 import grpc
 import pytest
-
 from gateway_support import RunningGateway, Service, bearer, gateway_settings, md, running_gateway
+
 from mlp_core.testing.tokens import TestIssuer
 
 FS = "/mlp.featurestore.v1.FeatureStoreService"
@@ -145,7 +145,6 @@ async def test_openapi_is_merged_from_upstreams(gateway: RunningGateway) -> None
 async def test_tritonclient_http_health_through_gateway(gateway: RunningGateway, test_issuer: TestIssuer) -> None:
     """An unmodified tritonclient.http client with an Authorization header works through the gateway."""
     import tritonclient.http as httpclient
-
     from gateway_support import serve
 
     token = test_issuer.mint(scope="predict")

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 import schemathesis
+from gateway_support import gateway_settings, serve
 from hypothesis import HealthCheck, given, settings
 from upstream import Upstream, build_upstream
 
-from gateway_support import gateway_settings, serve
 from mlp_core.broker import free_port
 from mlp_core.settings import CoreSettings
 from mlp_core.testing.tokens import TestIssuer

@@ -11,8 +11,8 @@ import secrets
 import grpc
 import httpx
 import pytest
-
 from gateway_support import RunningGateway, Service, bearer, gateway_settings, md, running_gateway
+
 from mlp_core.testing.tokens import TestIssuer, bad_tokens
 
 FS_GET = "/mlp.featurestore.v1.FeatureStoreService/ListThings"

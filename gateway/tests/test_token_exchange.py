@@ -6,12 +6,12 @@ import base64
 
 import httpx
 import pytest
+from gateway_support import Service, bearer, gateway_settings, running_gateway, serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway_support import Service, bearer, gateway_settings, running_gateway, serve
 from mlp_core.errors import Unauthenticated
 from mlp_core.testing.tokens import TestIssuer
 from mlp_gateway.exchange import GRANT_TYPE, TokenExchanger
