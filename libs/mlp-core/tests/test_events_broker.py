@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from mlp_core.broker import BrokerError, TansuBroker, free_port, tansu_binary
 
 

@@ -10,14 +10,15 @@ from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from mlp_core.broker import TansuBroker
-from mlp_core.db import Database, migrate
-from mlp_core.events import DEFAULT_TABLES, CloudEvent, EventConsumer, Outbox, OutboxRelay, to_kafka
-from mlp_core.testing.kafka import wait_until
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
+
+from mlp_core.broker import TansuBroker
+from mlp_core.db import Database, migrate
+from mlp_core.events import DEFAULT_TABLES, CloudEvent, EventConsumer, Outbox, OutboxRelay, to_kafka
+from mlp_core.testing.kafka import wait_until
 
 pytestmark = pytest.mark.integration
 

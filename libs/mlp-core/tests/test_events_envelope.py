@@ -6,6 +6,9 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
 from mlp_core.events import (
     STRUCTURED_CONTENT_TYPE,
     CloudEvent,
@@ -16,8 +19,6 @@ from mlp_core.events import (
     to_kafka,
     topic_for,
 )
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

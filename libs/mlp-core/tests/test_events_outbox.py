@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import MetaData, inspect, select, text
+
 from mlp_core.broker import free_port
 from mlp_core.db import Database, migrate
 from mlp_core.events import DEFAULT_TABLES, CloudEvent, InvalidEvent, Outbox, OutboxRelay, event_tables
-from sqlalchemy import MetaData, inspect, select, text
 
 MIGRATIONS = Path(__file__).parent / "events_migrations"
 OUTBOX = DEFAULT_TABLES.outbox

@@ -6,6 +6,7 @@ import json
 import re
 
 from google.protobuf import json_format
+
 from mlp_protos.mlp.events.v1 import events_pb2, options_pb2
 
 EXPECTED_TOPICS = {

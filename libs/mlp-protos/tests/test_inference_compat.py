@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import pytest
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from tritonclient.grpc import service_pb2 as triton_pb2
+
 from mlp_protos.inference import DESCRIPTOR_POOL
 from mlp_protos.inference import open_inference_grpc_pb2 as ours_pb2
-from tritonclient.grpc import service_pb2 as triton_pb2
 
 OUR_SERVICE = ours_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 TRITON_SERVICE = triton_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]

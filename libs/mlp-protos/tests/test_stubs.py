@@ -7,9 +7,10 @@ import pkgutil
 import re
 from pathlib import Path
 
-import mlp_protos
 import pytest
 from google.protobuf.descriptor import FileDescriptor, MethodDescriptor
+
+import mlp_protos
 
 REPO = Path(__file__).resolve().parents[3]
 PROTO_ROOT = REPO / "proto"

@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
+
 from mlp_protos.inference import open_inference_grpc_pb2 as pb
 from mlp_protos.inference import open_inference_grpc_pb2_grpc as pb_grpc
 

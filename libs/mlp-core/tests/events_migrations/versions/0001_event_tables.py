@@ -5,6 +5,7 @@ Revises:
 """
 
 from alembic import op
+
 from mlp_core.events import create_event_tables, drop_event_tables
 
 revision = "0001"
