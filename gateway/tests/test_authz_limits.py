@@ -21,6 +21,9 @@ FS = "/mlp.featurestore.v1.FeatureStoreService"
     ("GET", "/api/v1/registry/models", "registry:read"),
     ("POST", "/api/v1/registry/models", "registry:write"),
     ("POST", "/api/v1/registry/models/m/change-requests/7/approve", "registry:approve"),
+    ("POST", "/api/v1/registry/change-requests/7/approve", "registry:approve"),  # the registry's real path
+    ("POST", "/api/v1/registry/change-requests/7/reject", "registry:approve"),
+    ("POST", "/api/v1/registry/change-requests/7/apply", "registry:write"),
     ("POST", "/api/v1/training/runs", "training:run"),
     ("POST", "/v2/models/iris/infer", "predict"),
     ("GET", "/v2/health/live", AUTHENTICATED),

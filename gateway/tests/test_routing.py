@@ -159,3 +159,50 @@ async def test_tritonclient_http_health_through_gateway(gateway: RunningGateway,
         live_with, live_without = await asyncio.to_thread(check)
     assert live_with is True
     assert live_without is False
+
+
+@pytest.mark.parametrize("size", [0, 1000, 300_000])
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_small_and_large_answers_pass_byte_for_byte(gateway: RunningGateway, test_issuer: TestIssuer,
+                                                          size: int, chunked: bool) -> None:
+    token = test_issuer.mint(scope="features:read")
+    reply = await gateway.client.get(f"/api/v1/feature-store/big?size={size}&chunked={str(chunked).lower()}",
+                                     headers=bearer(token))
+    assert reply.status_code == 200
+    assert reply.content == bytes(i % 251 for i in range(size))
+    assert reply.headers["content-type"] == "application/octet-stream"
+    if not chunked:
+        assert reply.headers["x-size"] == str(size)
+        assert reply.headers["content-length"] == str(size)
+
+
+async def test_head_is_forwarded_without_body(gateway: RunningGateway, test_issuer: TestIssuer) -> None:
+    token = test_issuer.mint(scope="features:read")
+    reply = await gateway.client.head("/api/v1/feature-store/whoami", headers=bearer(token))
+    assert reply.status_code in (200, 405)
+    assert reply.content == b""
+
+
+async def test_trace_context_reaches_the_service(gateway: RunningGateway, test_issuer: TestIssuer,
+                                                 service: Service) -> None:
+    token = test_issuer.mint(scope="features:read")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    reply = await gateway.client.get("/api/v1/feature-store/headers", headers={
+        **bearer(token), "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01", "tracestate": "vendor=x"})
+    assert reply.status_code == 200
+    seen = reply.json()
+    assert seen["traceparent"].split("-")[1] == trace_id
+    assert seen["tracestate"] == "vendor=x"
+    # without one, the gateway starts a trace and passes it on
+    reply = await gateway.client.get("/api/v1/feature-store/headers", headers=bearer(token))
+    version, new_trace, parent, flags = reply.json()["traceparent"].split("-")
+    assert version == "00" and len(new_trace) == 32 and int(new_trace, 16) != 0
+
+
+async def test_routes_outside_the_proxy_templates_still_reach_the_router(gateway: RunningGateway,
+                                                                         test_issuer: TestIssuer) -> None:
+    token = test_issuer.mint(scope="features:read")
+    redirect = await gateway.client.get("/api/v1/feature-store", headers=bearer(token))
+    assert redirect.status_code in (307, 404)
+    options = await gateway.client.options("/api/v1/feature-store/whoami", headers=bearer(token))
+    assert options.status_code == 405

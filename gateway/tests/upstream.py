@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from mlp_core.auth import CurrentPrincipal, current_principal
@@ -78,6 +79,18 @@ class Upstream:
         async def slow() -> dict[str, str]:
             await asyncio.sleep(5)
             return {"status": "late"}
+
+        @router.get("/big", include_in_schema=False)
+        async def big(size: int = 300_000, chunked: bool = False) -> Response:
+            body = bytes(i % 251 for i in range(size))
+            if chunked:  # no Content-Length: the gateway must stream it
+
+                async def parts() -> AsyncIterator[bytes]:
+                    for at in range(0, size, 50_000):
+                        yield body[at:at + 50_000]
+
+                return StreamingResponse(parts(), media_type="application/octet-stream")
+            return Response(body, media_type="application/octet-stream", headers={"x-size": str(size)})
 
         @router.get("/boom", include_in_schema=False)
         async def boom() -> dict[str, str]:

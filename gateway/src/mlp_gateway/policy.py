@@ -37,7 +37,7 @@ REST_RULES: tuple[Rule, ...] = (
     _rule("read", r"^/api/v1/feature-store(/.*)?$", "features:read"),
     _rule("write", r"^/api/v1/feature-store(/.*)?$", "features:write"),
     _rule("any", r"^/api/v1/training(/.*)?$", "training:run"),
-    _rule("write", r"^/api/v1/registry/.*/change-requests/[^/]+/(approve|reject)$", "registry:approve"),
+    _rule("write", r"^/api/v1/registry/(.*/)?change-requests/[^/]+/(approve|reject)$", "registry:approve"),
     _rule("read", r"^/api/v1/registry(/.*)?$", "registry:read"),
     _rule("write", r"^/api/v1/registry(/.*)?$", "registry:write"),
     _rule("any", r"^/api/v1/serving(/.*)?$", "predict"),

@@ -44,10 +44,15 @@ def _decode(raw: bytes | None) -> OnlineValue | None:
     return OnlineValue(orjson.loads(blob), int(ev), int(ing))
 
 
+#: Version of the record layout in Redis; bump it when the encoding changes so old records are
+#: never read with the new decoder (they are rebuilt by the next materialization).
+RECORD_FORMAT = 2
+
+
 def key_prefix(layout: ViewLayout) -> str:
     """The prefix of every record key of one view version."""
     v = layout.view
-    return f"fs:{layout.project}:{v.name}:v{v.version}:"
+    return f"fs{RECORD_FORMAT}:{layout.project}:{v.name}:v{v.version}:"
 
 
 def entity_key(layout: ViewLayout, key: Sequence[Any]) -> str:
