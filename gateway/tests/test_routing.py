@@ -195,7 +195,7 @@ async def test_trace_context_reaches_the_service(gateway: RunningGateway, test_i
     assert seen["tracestate"] == "vendor=x"
     # without one, the gateway starts a trace and passes it on
     reply = await gateway.client.get("/api/v1/feature-store/headers", headers=bearer(token))
-    version, new_trace, parent, flags = reply.json()["traceparent"].split("-")
+    version, new_trace, _parent, _flags = reply.json()["traceparent"].split("-")
     assert version == "00" and len(new_trace) == 32 and int(new_trace, 16) != 0
 
 

@@ -149,3 +149,32 @@ async def test_grpc_server_has_health_and_refuses_without_token(test_issuer: Tes
             assert "grpc.health.v1.Health" in names
     finally:
         await host.stop_background()
+
+
+async def test_trace_context_without_exporter_is_propagated_cheaply() -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from mlp_core.telemetry import TraceContextMiddleware, current_trace_id
+
+    async def echo(request: Request) -> JSONResponse:
+        return JSONResponse({"trace_id": current_trace_id()})
+
+    app = TraceContextMiddleware(Starlette(routes=[Route("/echo", echo)]))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc") as client:
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        given = await client.get("/echo", headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+        assert given.json() == {"trace_id": trace_id}
+        fresh = [(await client.get("/echo")).json()["trace_id"] for _ in range(2)]
+        assert all(t and len(t) == 32 and int(t, 16) for t in fresh) and fresh[0] != fresh[1]
+        malformed = await client.get("/echo", headers={"traceparent": "00-zz-yy-01"})
+        assert malformed.json()["trace_id"] not in (None, "zz")
+
+
+async def test_problem_bodies_carry_the_callers_trace_id(client: httpx.AsyncClient) -> None:
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    reply = await client.get("/api/v1/test/missing", headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"})
+    assert reply.status_code == 404
+    assert reply.json()["trace_id"] == trace_id

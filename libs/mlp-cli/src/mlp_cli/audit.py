@@ -126,7 +126,8 @@ def _check_checkpoints(checkpoints: list[dict[str, Any]], hashes: dict[int, str]
             report.fail(seq, f"record {seq} differs from the signed checkpoint")
 
 
-def _default_database_url(state_dir: Path) -> str:
+def default_database_url(state_dir: Path) -> str:
+    """The gateway database holding the audit log: MLP_DATABASE_URL, else the SQLite file in the state folder."""
     return os.environ.get("MLP_DATABASE_URL") or f"sqlite:///{(state_dir / 'gateway.db').resolve()}"
 
 
@@ -142,7 +143,7 @@ def verify_command(
     if not key_path.exists():
         typer.echo(f"no checkpoint public key at {key_path}; pass --public-key", err=True)
         raise typer.Exit(2)
-    report = verify_chain(database_url or _default_database_url(state), load_public_key(key_path))
+    report = verify_chain(database_url or default_database_url(state), load_public_key(key_path))
     if report.ok:
         tail = f"; {report.unsigned_tail} newest record(s) not yet under a checkpoint" if report.unsigned_tail else ""
         typer.echo(f"audit chain OK: {report.records} records, {report.checkpoints} signed checkpoints{tail}")

@@ -111,13 +111,14 @@ class Scenario:
             self.stage("6. tenancy and PII are enforced", self.access_rules)
             self.stage("7. register a signed, encrypted model version", self.register)
             self.stage("8. release to production with four eyes", self.release)
+            self.stage("9. the audit trail verifies", self.audit)
         except SystemExit:
             pass
         finally:
             for c in (self.scientist, self.approver, self.outsider):
                 c.close()
         self.summary()
-        return all(s.ok for s in self.stages) and len(self.stages) == 8
+        return all(s.ok for s in self.stages) and len(self.stages) == 9
 
     # ---------------------------------------------------------------- feature store
     def define_features(self) -> str:
@@ -263,6 +264,16 @@ class Scenario:
         assert prod and prod[0]["version"] == self.version, aliases
         return (f"change request {cr['id'][:8]}: checks [{checks}]; self-approval → 403; approved by "
                 f"mlp-approver; {applied['state']}: production → v{self.version}")
+
+    def audit(self) -> str:
+        from mlp_cli.audit import PUBLIC_KEY_FILE, default_database_url, load_public_key, verify_chain
+
+        key = self.state_dir / PUBLIC_KEY_FILE
+        report = verify_chain(default_database_url(self.state_dir), load_public_key(key) if key.exists() else None)
+        assert report.ok, report.problems[:5]
+        assert report.records > 0, "mutating and refused calls must be audited"
+        return (f"{report.records} hash-chained audit records (mutations and refusals, no tokens), "
+                f"{report.checkpoints} signed checkpoints; `mlp audit verify` finds the chain intact")
 
     def summary(self) -> None:
         table = Table(title="MLP demo scenario")
