@@ -1,5 +1,6 @@
-"""The local launcher: `mlp up` brings every part up healthy, the smoke scenario passes through the
-gateway, calls without a valid token are refused everywhere, and `mlp down` leaves no process behind."""
+"""The local launcher: `mlp up` brings every part up healthy, the smoke checks and the demo scenario pass
+through the gateway, calls without a valid token are refused everywhere, and `mlp down` leaves no
+process behind."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from mlp_cli.demo import run_smoke
 from mlp_cli.launcher import Launcher
+from mlp_cli.scenario import Scenario
 from mlp_cli.topology import GATEWAY, ISSUER_PORT, KAFKA_PORT, SERVICES
 
 
@@ -51,6 +53,8 @@ def test_up_smoke_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert len(pids) >= 2 + len(SERVICES)
         assert (tmp_path / "state" / "logs" / "gateway.log").exists()
         assert run_smoke(launcher.state_dir, platform.issuer)
+        # the demo scenario, on less data: features, model release and audit, all through the gateway
+        assert Scenario(launcher.state_dir, platform.issuer, customers=300).run()
     finally:
         stopped = launcher.down()
     assert "gateway" in stopped and "kafka" in stopped
