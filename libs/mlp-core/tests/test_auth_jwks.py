@@ -79,6 +79,7 @@ async def test_known_keys_survive_idp_outage(test_issuer: TestIssuer) -> None:
     await verifier.verify(token)
     test_issuer.stop()
     clock.now += 3600  # TTL over: a refresh is attempted and fails
+    verifier.clear_cache()  # make this call look the key up again (a cached token would skip the JWKS)
     principal = await verifier.verify(token)
     assert principal.subject == "test-client"
     assert verifier.jwks.stats.fetch_failures == 1
