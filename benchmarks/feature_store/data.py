@@ -15,7 +15,7 @@ import redis
 from mlp_feature_store.main import Wiring, wire
 from mlp_feature_store.settings import FeatureStoreSettings
 from mlp_feature_store.store.offline_tables import key_col, view_table
-from mlp_feature_store.store.online_redis import encode_record, key_prefix
+from mlp_feature_store.store.online_redis import RECORD_FORMAT, encode_record, key_prefix
 
 VIEWS = 5
 FEATURES = 10
@@ -77,7 +77,7 @@ def drop(bench: Bench) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{bench.db_name}" WITH (FORCE)')
     client = redis.Redis.from_url(bench.redis_url)
     batch = []
-    for key in client.scan_iter(match=f"fs:{bench.project}:*", count=10_000):
+    for key in client.scan_iter(match=f"fs{RECORD_FORMAT}:{bench.project}:*", count=10_000):
         batch.append(key)
         if len(batch) >= 10_000:
             client.unlink(*batch)

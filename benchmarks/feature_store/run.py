@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data
 import load
 
+from mlp_feature_store.store.online_redis import key_prefix
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -66,7 +68,8 @@ async def _online_cells(bench: data.Bench, token: str, grpc_port: int, http_port
             for proto, call in (("gRPC", grpc_call), ("REST", rest_call)):
                 for conc in (1, 16):
                     out.append((proto, n, conc, await load.closed_loop(call, conc, seconds)))
-            prefixes = [f"fs:{bench.project}:v{v}:v1:" for v in range(data.VIEWS)]
+            prefixes = [key_prefix(bench.wiring.service.registry.layout(bench.project, f"v{v}"))
+                        for v in range(data.VIEWS)]
             out.append(("raw redis-py", n, 1, load.raw_redis(
                 bench.redis_url, lambda i, n=n, ps=prefixes: [p + f"[{e}]" for p in ps for e in ids(i, n)], seconds)))
     return out
