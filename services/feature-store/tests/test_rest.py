@@ -106,3 +106,16 @@ def test_other_project_is_not_found(fs) -> None:
     assert c.get("/projects/p1/entities").status_code == 404
     assert c.post("/projects/p1/online-features", json={"entities": {"user_id": ["u1"]},
                                                        "features": ["x:y"]}).status_code == 404
+
+
+def test_bodies_refuse_unknown_fields(client: TestClient) -> None:
+    client.post("/projects/p1/apply", content=YAML, headers={"content-type": "application/yaml"})
+    for path, body in [
+        ("/projects/p1/online-features", {"features": ["stats:clicks"], "entities": {"user_id": ["u1"]},
+                                          "project": "other"}),
+        ("/projects/p1/feature-views/stats/materialize", {"owner": "mallory"}),
+        ("/projects/p1/erasures", {"entity": "user", "keys": {"user_id": "u1"}, "tenant": "x"}),
+    ]:
+        r = client.post(path, json=body)
+        assert r.status_code == 422, (path, r.status_code, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")

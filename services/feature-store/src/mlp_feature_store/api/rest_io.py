@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from mlp_core.errors import InvalidArgument
 from mlp_feature_store.domain.retrieval import OnlineResult
@@ -21,7 +21,13 @@ from mlp_feature_store.domain.timeutil import parse_ts
 FileFormat = Literal["parquet", "csv", "arrow"]
 
 
-class RowsIn(BaseModel):
+class _Body(BaseModel):
+    """Request bodies refuse unknown fields: nothing can be mass-assigned (tenant, owner, ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RowsIn(_Body):
     """JSON rows to ingest."""
 
     rows: list[dict[str, Any]] = Field(min_length=1, max_length=100_000)
@@ -34,7 +40,7 @@ class PushIn(RowsIn):
     event_id: str = Field(min_length=1, max_length=128)
 
 
-class FeaturesIn(BaseModel):
+class FeaturesIn(_Body):
     """Which features to read: references or a feature service."""
 
     features: list[str] | None = None
@@ -57,14 +63,14 @@ class OnlineIn(FeaturesIn):
     max_staleness_s: float | None = Field(default=None, gt=0)
 
 
-class MaterializeIn(BaseModel):
+class MaterializeIn(_Body):
     """An event-time range; empty means incremental since the watermark."""
 
     start: datetime | None = None
     end: datetime | None = None
 
 
-class EraseIn(BaseModel):
+class EraseIn(_Body):
     """The entity whose data must be erased."""
 
     entity: str
