@@ -175,7 +175,7 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServiceServicer):
             staleness = request.max_staleness.seconds + request.max_staleness.nanos / 1e9
             if staleness <= 0:
                 raise InvalidArgument("max_staleness must be positive")
-        result = self.service.retrieval.online(
+        result = await self.service.retrieval.online_async(
             current_principal(), request.project, entities, features=list(request.features) or None,
             feature_service=request.feature_service or None, max_staleness_s=staleness)
         return cv.online_to_pb(result, result.dtypes, request.full_feature_names)

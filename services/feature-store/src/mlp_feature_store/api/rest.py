@@ -172,9 +172,9 @@ def build_router(service: FeatureStoreService) -> APIRouter:
     @r.post("/online-features")
     async def online(project: str, body: OnlineIn, principal: CurrentPrincipal) -> Response:
         # Hot path: inline (one pipelined Redis round trip, cached metadata), encoded by orjson directly.
-        result = service.retrieval.online(principal, project, body.entities, features=body.features,
-                                          feature_service=body.feature_service,
-                                          max_staleness_s=body.max_staleness_s)
+        result = await service.retrieval.online_async(principal, project, body.entities, features=body.features,
+                                                      feature_service=body.feature_service,
+                                                      max_staleness_s=body.max_staleness_s)
         return Response(orjson.dumps(online_json(result)), media_type="application/json")
 
     # -- compliance --------------------------------------------------------------------------

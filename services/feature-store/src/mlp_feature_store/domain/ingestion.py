@@ -35,7 +35,7 @@ def rows_to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
         values = [row.get(name) for row in rows]
         try:
             arrays.append(pa.array(values))
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # e.g. an int beyond 64 bits
             arrays.append(pa.array([None if v is None else str(v) for v in values], type=pa.string()))
     return pa.RecordBatch.from_arrays(arrays, names=names)
 

@@ -20,6 +20,8 @@ class ViewPart:
     layout: ViewLayout
     features: list[str] = field(default_factory=list)
     hidden: set[str] = field(default_factory=set)
+    #: ``features`` then sorted ``hidden``: the names an online read asks the store for (set on first read).
+    online_names: tuple[str, ...] | None = field(default=None, compare=False)
 
 
 @dataclass

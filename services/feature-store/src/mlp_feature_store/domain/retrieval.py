@@ -19,7 +19,7 @@ from mlp_feature_store.domain.registry import RegistryService
 from mlp_feature_store.domain.resolve import SEP, Resolved, resolve
 from mlp_feature_store.domain.timeutil import now_us
 from mlp_feature_store.domain.transforms import TransformRegistry
-from mlp_feature_store.store.base import OnlineValue, PitRequest, ViewLayout
+from mlp_feature_store.store.base import OnlineRequest, OnlineRows, PitRequest, ViewLayout
 
 
 class ValueStatus(StrEnum):
@@ -115,27 +115,50 @@ class RetrievalService:
         """The latest value of each feature per entity, with status and age; expired values are missing.
 
         Column-wise: one status and age per (view, entity) is shared by all features of that view, and
-        each feature column is built with one list comprehension.
+        the feature columns of a view are one transpose of its records' value tuples.
         """
+        resolved, n, requests = self._online_plan(caller, project, entities, features, feature_service)
+        now = now if now is not None else now_us()
+        rows = self.regions.get(resolved.region).online.read_rows(requests) if requests else []
+        return self._online_finish(resolved, entities, n, requests, rows, now, max_staleness_s)
+
+    async def online_async(self, caller: Caller, project: str, entities: dict[str, list[Any]], *,
+                           features: list[str] | None = None, feature_service: str | None = None,
+                           max_staleness_s: float | None = None, now: int | None = None) -> OnlineResult:
+        """``online`` for an event loop: the store read awaits instead of blocking the loop."""
+        resolved, n, requests = self._online_plan(caller, project, entities, features, feature_service)
+        now = now if now is not None else now_us()
+        rows = await self.regions.get(resolved.region).online.read_rows_async(requests) if requests else []
+        return self._online_finish(resolved, entities, n, requests, rows, now, max_staleness_s)
+
+    def _online_plan(self, caller: Caller, project: str, entities: dict[str, list[Any]],
+                     features: list[str] | None, feature_service: str | None
+                     ) -> tuple[Resolved, int, list[OnlineRequest]]:
         resolved = self._resolve_cached(caller, project, features, feature_service)
         n = _entity_count(entities)
-        now = now if now is not None else now_us()
-        stores = self.regions.get(resolved.region)
         converted: dict[str, list[Any]] = {}
-        requests: list[tuple[ViewLayout, list[str], list[tuple[Any, ...]]]] = []
+        requests: list[OnlineRequest] = []
         for part in resolved.views.values():
             keys = _entity_keys(part.layout, entities, n, converted)
-            requests.append((part.layout, part.features + sorted(part.hidden), keys))
-        stored = stores.online.read(requests) if requests else []
+            names = part.online_names
+            if names is None:
+                names = part.online_names = tuple(part.features + sorted(part.hidden))
+            requests.append((part.layout, names, keys))
+        return resolved, n, requests
+
+    def _online_finish(self, resolved: Resolved, entities: dict[str, list[Any]], n: int,
+                       requests: list[OnlineRequest], rows: list[OnlineRows], now: int,
+                       max_staleness_s: float | None) -> OnlineResult:
         columns: dict[str, FeatureColumn] = {}
         stale_us = None if max_staleness_s is None else max_staleness_s * 1_000_000
-        for (layout, names, _keys), records in zip(requests, stored, strict=True):
-            statuses, ages = _statuses(records, now, (layout.view.ttl_seconds or 0) * 1_000_000, stale_us)
-            present = [rec.values if st is _PRESENT and rec is not None else _EMPTY
-                       for rec, st in zip(records, statuses, strict=True)]
-            for fname in names:
-                columns[f"{layout.view.name}{SEP}{fname}"] = FeatureColumn(
-                    [vals.get(fname) for vals in present], statuses, ages)
+        for (layout, names, _keys), (events, values) in zip(requests, rows, strict=True):
+            statuses, ages = _statuses(events, now, (layout.view.ttl_seconds or 0) * 1_000_000, stale_us)
+            empty = (None,) * len(names)
+            present = [vals if st is _PRESENT and vals is not None else empty
+                       for vals, st in zip(values, statuses, strict=True)]
+            prefix = f"{layout.view.name}{SEP}"
+            for fname, col in zip(names, zip(*present, strict=True), strict=True):
+                columns[prefix + fname] = FeatureColumn(list(col), statuses, ages)
         for odt, wanted in resolved.transforms:
             inputs = [columns[_ref_column(ref)] for ref in odt.inputs]
             result = self.transforms.run(odt.function, {ref: c.values for ref, c in zip(
@@ -171,20 +194,20 @@ class RetrievalService:
 
 
 _PRESENT = ValueStatus.PRESENT
-_EMPTY: dict[str, Any] = {}
 
 
-def _statuses(records: list[OnlineValue | None], now: int, ttl_us: int, stale_us: float | None
+def _statuses(events: list[int | None], now: int, ttl_us: int, stale_us: float | None
               ) -> tuple[list[ValueStatus], list[float | None]]:
-    """Per entity record: its status (not found, expired by TTL, stale, present) and age in seconds."""
+    """Per entity record (its event time, None when not found): its status (not found, expired by TTL,
+    stale, present) and age in seconds."""
     statuses: list[ValueStatus] = []
     ages: list[float | None] = []
-    for rec in records:
-        if rec is None:
+    for event_us in events:
+        if event_us is None:
             statuses.append(ValueStatus.NOT_FOUND)
             ages.append(None)
             continue
-        age = now - rec.event_us
+        age = now - event_us
         if ttl_us and age > ttl_us:
             statuses.append(ValueStatus.EXPIRED)
         elif stale_us is not None and age > stale_us:

@@ -175,6 +175,13 @@ class OnlineValue:
     ingested_us: int
 
 
+#: One online read request: a view version, the feature names wanted, and the entity key tuples.
+OnlineRequest = tuple[ViewLayout, Sequence[str], Sequence[tuple[Any, ...]]]
+#: The answer to one request: per entity, the event time in µs and the values aligned with the names
+#: (both None when the entity has no record).
+OnlineRows = tuple[list[int | None], list[tuple[Any, ...] | None]]
+
+
 class OnlineStore(ABC):
     """Latest feature values per entity, for low-latency reads."""
 
@@ -189,6 +196,22 @@ class OnlineStore(ABC):
     def read(self, requests: Sequence[tuple[ViewLayout, Sequence[str], Sequence[tuple[Any, ...]]]]
              ) -> list[list[OnlineValue | None]]:
         """For each (view, features, entity keys) request, the stored value per entity, in one round trip."""
+
+    def read_rows(self, requests: Sequence[OnlineRequest]) -> list[OnlineRows]:
+        """``read`` shaped for the hot path: per request, each entity's event time (None: not found) and its
+        values as a tuple aligned with the requested feature names (None: not found).
+
+        Stores override this when they can build the tuples without an intermediate dict per record.
+        """
+        out: list[OnlineRows] = []
+        for (_layout, names, _keys), records in zip(requests, self.read(requests), strict=True):
+            out.append(([None if r is None else r.event_us for r in records],
+                        [None if r is None else tuple(r.values.get(f) for f in names) for r in records]))
+        return out
+
+    async def read_rows_async(self, requests: Sequence[OnlineRequest]) -> list[OnlineRows]:
+        """``read_rows`` for an event loop; stores with an asynchronous client do not block the loop."""
+        return self.read_rows(requests)
 
     @abstractmethod
     def erase(self, layout: ViewLayout, key_values: dict[str, Any]) -> int:
