@@ -111,14 +111,15 @@ class Scenario:
             self.stage("6. tenancy and PII are enforced", self.access_rules)
             self.stage("7. register a signed, encrypted model version", self.register)
             self.stage("8. release to production with four eyes", self.release)
-            self.stage("9. the audit trail verifies", self.audit)
+            self.stage("9. gRPC through the gateway", self.grpc_calls)
+            self.stage("10. the audit trail verifies", self.audit)
         except SystemExit:
             pass
         finally:
             for c in (self.scientist, self.approver, self.outsider):
                 c.close()
         self.summary()
-        return all(s.ok for s in self.stages) and len(self.stages) == 9
+        return all(s.ok for s in self.stages) and len(self.stages) == 10
 
     # ---------------------------------------------------------------- feature store
     def define_features(self) -> str:
@@ -221,7 +222,7 @@ class Scenario:
         model_bytes = os.urandom(2 * 1024 * 1024) + b"DEMO-MODEL-WEIGHTS"
         digest = hashlib.sha256(model_bytes).hexdigest()
         name = f"churn-{datetime.now(UTC):%H%M%S}"
-        self.model = name
+        self.model, self.model_sha256 = name, digest
         self.scientist.post(f"{REG}/projects/{PROJECT}/models",
                             json={"name": name, "description": "Churn classifier",
                                   "thresholds": {"auc": {"min": 0.75}}})
@@ -264,6 +265,48 @@ class Scenario:
         assert prod and prod[0]["version"] == self.version, aliases
         return (f"change request {cr['id'][:8]}: checks [{checks}]; self-approval → 403; approved by "
                 f"mlp-approver; {applied['state']}: production → v{self.version}")
+
+    def grpc_calls(self) -> str:
+        import hashlib
+
+        import grpc
+
+        from mlp_protos.mlp.common.v1 import value_pb2
+        from mlp_protos.mlp.featurestore.v1 import featurestore_pb2 as fs_pb
+        from mlp_protos.mlp.featurestore.v1 import featurestore_pb2_grpc as fs_grpc
+        from mlp_protos.mlp.registry.v1 import registry_pb2 as reg_pb
+        from mlp_protos.mlp.registry.v1 import registry_pb2_grpc as reg_grpc
+
+        def md(client: PlatformClient) -> list[tuple[str, str]]:
+            return [("authorization", str(client.http.headers["authorization"]))]
+
+        with grpc.insecure_channel(f"127.0.0.1:{GATEWAY.grpc_port}") as channel:
+            features = fs_grpc.FeatureStoreServiceStub(channel)
+            request = fs_pb.GetOnlineFeaturesRequest(
+                project=PROJECT, feature_service="churn_model_v1",
+                entities={"customer_id": value_pb2.RepeatedValue(values=[value_pb2.Value(string_val="c00010")])})
+            reply = features.GetOnlineFeatures(request, metadata=md(self.scientist), timeout=10)
+            present = sum(1 for c in reply.columns if c.statuses and c.statuses[0] == fs_pb.FEATURE_STATUS_PRESENT)
+            codes = {}
+            for label, metadata in (("other tenant", md(self.outsider)), ("no token", [])):
+                try:
+                    features.GetOnlineFeatures(request, metadata=metadata, timeout=10)
+                    codes[label] = "OK"
+                except grpc.RpcError as exc:
+                    codes[label] = exc.code().name
+            assert codes == {"other tenant": "NOT_FOUND", "no token": "UNAUTHENTICATED"}, codes
+            registry = reg_grpc.RegistryServiceStub(channel)
+            stream = registry.DownloadArtifact(reg_pb.DownloadArtifactRequest(
+                project=PROJECT, model=self.model, alias="production"), metadata=md(self.scientist), timeout=30)
+            digest, size = hashlib.sha256(), 0
+            for part in stream:
+                if part.WhichOneof("part") == "chunk":
+                    digest.update(part.chunk.data)
+                    size += len(part.chunk.data)
+        assert digest.hexdigest() == self.model_sha256, "the gRPC download must equal the uploaded model"
+        return (f"GetOnlineFeatures on :{GATEWAY.grpc_port}: {present} columns PRESENT (key + 3 features); other tenant → "
+                f"{codes['other tenant']}, no token → {codes['no token']}; DownloadArtifact of production: "
+                f"{size / 2**20:.1f} MiB streamed and verified, sha256 {digest.hexdigest()[:12]}…")
 
     def audit(self) -> str:
         from mlp_cli.audit import PUBLIC_KEY_FILE, default_database_url, load_public_key, verify_chain

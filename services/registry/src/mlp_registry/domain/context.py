@@ -48,11 +48,15 @@ def load_model(tx: MetadataTx, caller: Caller, project: str, name: str) -> Model
     return model
 
 
+MAX_VERSION_NUMBER = 2**31 - 1
+
+
 def load_version(tx: MetadataTx, model: Model, number: int,
                  states: frozenset[VersionState] = frozenset({VersionState.REGISTERED, VersionState.ARCHIVED}),
                  ) -> ModelVersion:
     """A version of ``model`` in one of ``states``."""
-    version = tx.get_version(model.id, number)
+    # a number no version can have (the column is a 32-bit INTEGER) is simply not found, not a DB error
+    version = tx.get_version(model.id, number) if 1 <= number <= MAX_VERSION_NUMBER else None
     if version is None or version.state not in states:
         raise NotFound(f"version {number} of model '{model.project}/{model.name}' does not exist"
                        + (f" in state {'/'.join(sorted(states))}" if version else ""))
