@@ -12,6 +12,7 @@ from sqlalchemy import MetaData, inspect, select, text
 from mlp_core.broker import free_port
 from mlp_core.db import Database, migrate
 from mlp_core.events import DEFAULT_TABLES, CloudEvent, InvalidEvent, Outbox, OutboxRelay, event_tables
+from mlp_core.events.outbox import EventTooLarge
 
 MIGRATIONS = Path(__file__).parent / "events_migrations"
 OUTBOX = DEFAULT_TABLES.outbox
@@ -101,3 +102,18 @@ def test_relay_with_nothing_pending_returns_zero(db: Database) -> None:
     relay = OutboxRelay(db, f"127.0.0.1:{free_port()}")
     assert relay.publish_pending() == 0
     assert relay.stats().failed == 0  # no producer is created for an empty outbox
+
+
+def test_oversized_event_fails_its_transaction(db: Database) -> None:
+
+    outbox = Outbox("/mlp/test", max_event_bytes=2_000)
+    with pytest.raises(EventTooLarge, match="over the limit"), db.session() as session:
+        session.execute(text("INSERT INTO effects (event_id, subject) VALUES ('e1', 'state change')"))
+        outbox.add(session, type="mlp.test.thing-happened", subject="t1", data={"blob": "x" * 5_000})
+    with db.session() as session:
+        assert session.execute(select(OUTBOX.c.id)).all() == []
+        assert session.execute(text("SELECT count(*) FROM effects")).scalar_one() == 0
+    with db.session() as session:  # a normal event still fits
+        outbox.add(session, type="mlp.test.thing-happened", subject="t1", data={"blob": "x" * 100})
+    with db.session() as session:
+        assert len(session.execute(select(OUTBOX.c.id)).all()) == 1
