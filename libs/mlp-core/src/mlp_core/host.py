@@ -15,6 +15,7 @@ import grpc
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
 
 from mlp_core.grpc import ErrorInterceptor, GrpcServer, ServicerRegistrar
 from mlp_core.http import MetricsMiddleware, install_problem_handlers
@@ -57,6 +58,8 @@ class ServiceParts:
     rest_auth_middleware: Callable[..., Any] | None = None
     #: Replaces the standard ``AuthInterceptor(verifier)`` on the gRPC server; ``None`` keeps it.
     grpc_auth_interceptor: grpc.aio.ServerInterceptor | None = None
+    #: The service's own Prometheus collectors, registered on the host's registry (``/metrics``).
+    collectors: Sequence[Collector] = ()
 
 
 class ServiceHost:
@@ -68,6 +71,8 @@ class ServiceHost:
         self.settings = settings
         self.parts = parts
         self.registry = registry or CollectorRegistry()
+        for collector in parts.collectors:
+            self.registry.register(collector)
         self.verifier = verifier if verifier is not None else _build_verifier(settings)
         self.grpc_metrics = GrpcMetrics(self.registry)
         self.extra_interceptors = list(grpc_interceptors)

@@ -105,21 +105,18 @@ def build(settings: FeatureStoreSettings, db: Database, *, transforms: Transform
             background += [c.run for c in consumers(settings, wiring.service, db)]
     on_shutdown += [d.dispose for d in wiring.databases.values() if d is not db]
     return ServiceParts(title="MLP feature store", routers=[api], background=background, on_shutdown=on_shutdown,
-                        grpc_registrars=[grpc_registrar(wiring.service)])
+                        grpc_registrars=[grpc_registrar(wiring.service)],
+                        collectors=[QualityCollector(wiring.quality)])
 
 
 def build_host(settings: FeatureStoreSettings, transforms: TransformRegistry | None = None, *,
                verifier: Any | None = None, collect: list[Wiring] | None = None) -> ServiceHost:
     """The ``ServiceHost`` (migrated, with relays, consumers and quality metrics on ``host.registry``).
 
-    ``bootstrap.build_host`` makes the metrics registry after ``build`` runs, so the quality collector is
-    registered on ``host.registry`` here; ``collect`` receives the wiring (for tests and benchmarks).
+    ``collect`` receives the wiring (for tests and benchmarks).
     """
-    collected: list[Wiring] = [] if collect is None else collect
-    host = bootstrap.build_host(settings, MIGRATIONS_DIR, partial(build, transforms=transforms, collect=collected),
+    return bootstrap.build_host(settings, MIGRATIONS_DIR, partial(build, transforms=transforms, collect=collect),
                                 verifier=verifier)
-    host.registry.register(QualityCollector(collected[-1].quality))
-    return host
 
 
 def main() -> None:
