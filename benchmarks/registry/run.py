@@ -68,6 +68,9 @@ def _python_copy(src: Path, dst: Path) -> None:
 
 
 def _timed(label: str, size: int, fn: Callable[[], None]) -> float:
+    # Every step starts with no dirty pages left by the step before: otherwise the kernel's writeback
+    # of earlier gigabytes throttles whichever step runs later, and the order decides the ratios.
+    os.sync()
     start = time.perf_counter()
     fn()
     seconds = time.perf_counter() - start
