@@ -112,6 +112,32 @@ async def test_chain_holds_under_concurrency_and_two_writers(audit_db: Database,
     second.db.dispose()
 
 
+async def test_a_database_outage_delays_audit_records_and_loses_none(audit_db: Database, tmp_path: Path) -> None:
+    log = AuditLog(audit_db, CheckpointSigner.from_state_dir(tmp_path), checkpoint_every=10)
+    stop = asyncio.Event()
+    task = asyncio.create_task(log.run(stop))
+    await write_some(log, range(5))
+    tamper(audit_db, "ALTER TABLE audit_records RENAME TO audit_records_away")  # every append now fails
+    await asyncio.gather(*(log.record(entry(i)) for i in range(5, 12)))
+    for _ in range(100):
+        if log.failures >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert log.failures >= 2, "the writer should be retrying"
+    tamper(audit_db, "ALTER TABLE audit_records_away RENAME TO audit_records")
+    await asyncio.wait_for(log.flush(), timeout=20)
+    stop.set()
+    await task
+    result = report(audit_db, tmp_path)
+    assert result.ok, result.problems
+    assert result.records == 12
+
+
+async def write_some(log: AuditLog, numbers: range) -> None:
+    await asyncio.gather(*(log.record(entry(i)) for i in numbers))
+    await log.flush()
+
+
 @pytest.fixture
 async def written(audit_db: Database, tmp_path: Path) -> Database:
     await write(AuditLog(audit_db, CheckpointSigner.from_state_dir(tmp_path), checkpoint_every=10),

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 EVENT_TYPE = "mlp.gateway.audit-recorded"
 _MAX_BATCH = 500
+_MAX_RETRY_DELAY_S = 5.0
 
 
 def now_iso() -> str:
@@ -48,6 +49,7 @@ class AuditLog:
         self._queue: asyncio.Queue[AuditEntry] = asyncio.Queue(maxsize=queue_size)
         self._last_checkpoint_at = time.monotonic()
         self.written = 0
+        self.failures = 0
 
     async def record(self, entry: AuditEntry) -> None:
         """Queue ``entry`` for the chain."""
@@ -83,16 +85,22 @@ class AuditLog:
 
     async def _write_batch(self, batch: list[AuditEntry], *, force_checkpoint: bool = False) -> None:
         due = force_checkpoint or time.monotonic() - self._last_checkpoint_at >= self.checkpoint_interval_s
+        delay = 0.2
         try:
-            await asyncio.to_thread(self._append, batch, due)
+            while True:
+                try:
+                    await asyncio.to_thread(self._append, batch, due)
+                    break
+                except Exception:
+                    # The entries stay in this batch until they are committed: an audit record is never
+                    # dropped. Meanwhile the queue fills and ``record()`` waits, so mutating calls slow
+                    # down instead of going unaudited (fail closed). Readiness shows the database state.
+                    self.failures += 1
+                    log.exception("audit batch of %d entries failed; retrying in %.1fs", len(batch), delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _MAX_RETRY_DELAY_S)
             if due:
                 self._last_checkpoint_at = time.monotonic()
-        except Exception:
-            # Keep the entries: put them back at the front is impossible with asyncio.Queue, so retry once
-            # after a pause; a persistent database failure is logged loudly (readiness shows it too).
-            log.exception("audit batch of %d entries failed; retrying", len(batch))
-            await asyncio.sleep(0.5)
-            await asyncio.to_thread(self._append, batch, due)
         finally:
             for _ in batch:
                 self._queue.task_done()
