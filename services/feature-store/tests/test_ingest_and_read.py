@@ -176,3 +176,21 @@ def test_search_and_lineage(applied) -> None:
 def test_region_without_store_is_refused_at_read(applied) -> None:
     with pytest.raises(FailedPrecondition):
         applied.ingestion.regions.get("eu")
+
+
+def test_deleting_a_view_purges_its_online_records(applied, redis_url: str) -> None:
+    import redis
+
+    from mlp_feature_store.store.online_redis import key_prefix
+
+    t = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    rows = [{"user_id": u, "event_timestamp": t, "clicks": 1, "views": 2, "email": f"{u}@x"} for u in ("a", "b")]
+    applied.ingestion.push(Caller(), "p1", "stats", rows, event_id="evt-del")
+    prefix = key_prefix(applied.registry.layout("p1", "stats"))
+    client = redis.Redis.from_url(redis_url)
+    assert len(list(client.scan_iter(match=prefix + "*"))) == 2
+    applied.registry.delete(Caller(), "p1", "feature_view", "stats")
+    assert list(client.scan_iter(match=prefix + "*")) == [], "personal values must not outlive the view"
+    with pytest.raises(NotFound):
+        applied.registry.load("p1", "feature_view", "stats")
+    client.close()

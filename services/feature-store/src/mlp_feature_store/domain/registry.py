@@ -137,8 +137,22 @@ class RegistryService:
         users = self._referrers(project, kind, name)
         if users:
             raise FailedPrecondition(f"{kind} '{name}' is used by {users}; change or delete those first")
+        layouts = self._all_layouts(project, name) if kind == "feature_view" else []
         self.store.delete(project, kind, name)
         self.generation += 1
+        # No definition serves these records any more: purge them, so a deleted view leaves no
+        # (possibly personal) values behind in Redis. The offline rows stay, append-only history
+        # that erasure requests still reach through the store.
+        for region, layout in layouts:
+            self.regions.get(region).online.erase(layout, {})
+
+    def _all_layouts(self, project: str, name: str) -> list[tuple[str, ViewLayout]]:
+        out = []
+        for stored in self.store.query(project, "feature_view", latest_only=False):
+            if stored.name == name:
+                view = FeatureView.model_validate(stored.spec)
+                out.append((view.residency_region, ViewLayout(project, view, tuple(self._keys(project, view.entities)))))
+        return out
 
     def _referrers(self, project: str, kind: str, name: str) -> list[str]:
         users: list[str] = []
