@@ -9,7 +9,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -18,7 +18,15 @@ from rich.console import Console
 from rich.table import Table
 
 from mlp_cli.procs import ProcessTable
-from mlp_cli.topology import FALLBACK_REDIS_PORT, GATEWAY, ISSUER_PORT, KAFKA_PORT, SERVICES, upstream_env
+from mlp_cli.topology import (
+    FALLBACK_REDIS_PORT,
+    GATEWAY,
+    ISSUER_PORT,
+    KAFKA_PORT,
+    SERVICES,
+    ServiceSpec,
+    upstream_env,
+)
 
 console = Console(stderr=True)
 
@@ -31,7 +39,6 @@ class Platform:
     redis_url: str = ""
     kafka: str = ""
     issuer: str = ""
-    started: list[str] = field(default_factory=list)
 
     def save(self) -> None:
         """Remember the endpoints for ``status`` and ``demo``."""
@@ -194,10 +201,7 @@ class Launcher:
             return {cid: str(c.get("secret", c.get("client_secret", ""))) for cid, c in clients.items()}
         return {str(c["client_id"]): str(c.get("client_secret", c.get("secret", ""))) for c in clients}
 
-    def _ensure_service(self, spec: object, platform: Platform, clients: dict[str, str]) -> None:
-        from mlp_cli.topology import ServiceSpec
-
-        assert isinstance(spec, ServiceSpec)
+    def _ensure_service(self, spec: ServiceSpec, platform: Platform, clients: dict[str, str]) -> None:
         if self.procs.pid(spec.name):
             return
         if _port_open("127.0.0.1", spec.http_port):
