@@ -9,6 +9,7 @@ import httpx
 import pytest
 from fastapi import APIRouter
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import generate_latest
 from pydantic import BaseModel, ConfigDict
 
 from mlp_core.errors import FailedPrecondition, NotFound
@@ -178,3 +179,49 @@ async def test_problem_bodies_carry_the_callers_trace_id(client: httpx.AsyncClie
     reply = await client.get("/api/v1/test/missing", headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"})
     assert reply.status_code == 404
     assert reply.json()["trace_id"] == trace_id
+
+
+async def test_grpc_errors_become_status_codes_without_details(test_issuer: TestIssuer) -> None:
+    async def missing(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raise NotFound("model 'm' does not exist in project 'p'")
+
+    async def boom(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raise RuntimeError("secret internal detail")
+
+    async def stream_boom(request: bytes, context: grpc.aio.ServicerContext):
+        yield b"first"
+        raise RuntimeError("secret internal detail")
+
+    handler = grpc.method_handlers_generic_handler("mlp.test.v1.Errors", {
+        "Missing": grpc.unary_unary_rpc_method_handler(missing),
+        "Boom": grpc.unary_unary_rpc_method_handler(boom),
+        "StreamBoom": grpc.unary_stream_rpc_method_handler(stream_boom),
+    })
+
+    def register(server: grpc.aio.Server) -> str:
+        server.add_generic_rpc_handlers((handler,))
+        return "mlp.test.v1.Errors"
+
+    port = _free_port()
+    settings = CoreSettings(service_name="test", oidc_issuer=test_issuer.issuer, grpc_port=port)
+    host = ServiceHost(settings, ServiceParts(title="t", grpc_registrars=[register]), verifier=test_issuer.verifier())
+    await host.start_background()
+    md = [("authorization", f"Bearer {test_issuer.mint()}")]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for method, code in (("Missing", grpc.StatusCode.NOT_FOUND), ("Boom", grpc.StatusCode.INTERNAL)):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await channel.unary_unary(f"/mlp.test.v1.Errors/{method}")(b"x", metadata=md)
+                assert info.value.code() == code
+                assert "secret" not in (info.value.details() or "")
+            call = channel.unary_stream("/mlp.test.v1.Errors/StreamBoom")(b"x", metadata=md)
+            got = []
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for item in call:
+                    got.append(item)
+            assert got == [b"first"] and info.value.code() == grpc.StatusCode.INTERNAL
+            assert "secret" not in (info.value.details() or "")
+        metrics = generate_latest(host.registry).decode()
+        assert 'code="NOT_FOUND"' in metrics and 'code="INTERNAL"' in metrics
+    finally:
+        await host.stop_background()

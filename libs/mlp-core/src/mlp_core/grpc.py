@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -65,6 +65,20 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             self.metrics.requests.labels(self.service, method, code.name).inc()
             self.metrics.latency.labels(self.service, method).observe(time.perf_counter() - started)
 
+    async def _fail(self, exc: BaseException, method: str, started: float,
+                    context: grpc.aio.ServicerContext) -> NoReturn:
+        """Record the outcome of a failed call and abort it with the right status (never a stack trace)."""
+        if isinstance(exc, DomainError):
+            self._record(method, exc.grpc_code, started)
+            await context.abort(exc.grpc_code, exc.detail)
+        if isinstance(exc, grpc.aio.AbortError | grpc.RpcError):
+            self._record(method, context.code() or grpc.StatusCode.UNKNOWN, started)
+            raise exc
+        log.error("unhandled error in %s", method, exc_info=exc)
+        self._record(method, grpc.StatusCode.INTERNAL, started)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; see server logs")
+        raise exc  # abort() always raises; this keeps the contract if it ever returns
+
     def _wrap_unary(self, behaviour: Any, details: grpc.HandlerCallDetails) -> Any:
         method = details.method
 
@@ -72,19 +86,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             try:
                 result = await behaviour(request, context)
-            except DomainError as exc:
-                self._record(method, exc.grpc_code, started)
-                await context.abort(exc.grpc_code, exc.detail)
-            except (grpc.aio.AbortError, grpc.RpcError):
-                self._record(method, context.code() or grpc.StatusCode.UNKNOWN, started)
-                raise
-            except Exception:
-                log.exception("unhandled error in %s", method)
-                self._record(method, grpc.StatusCode.INTERNAL, started)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see server logs")
-            else:
-                self._record(method, grpc.StatusCode.OK, started)
-                return result
+            except Exception as exc:
+                await self._fail(exc, method, started, context)
+            self._record(method, grpc.StatusCode.OK, started)
+            return result
 
         return call
 
@@ -96,18 +101,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             try:
                 async for item in behaviour(request, context):
                     yield item
-            except DomainError as exc:
-                self._record(method, exc.grpc_code, started)
-                await context.abort(exc.grpc_code, exc.detail)
-            except (grpc.aio.AbortError, grpc.RpcError):
-                self._record(method, context.code() or grpc.StatusCode.UNKNOWN, started)
-                raise
-            except Exception:
-                log.exception("unhandled error in %s", method)
-                self._record(method, grpc.StatusCode.INTERNAL, started)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see server logs")
-            else:
-                self._record(method, grpc.StatusCode.OK, started)
+            except Exception as exc:
+                await self._fail(exc, method, started, context)
+            self._record(method, grpc.StatusCode.OK, started)
 
         return call
 
