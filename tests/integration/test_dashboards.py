@@ -10,7 +10,10 @@ import httpx
 import yaml
 
 from mlp_core.bootstrap import build_host
+from mlp_core.host import ServiceHost
 from mlp_core.testing.tokens import TestIssuer
+from mlp_feature_store.main import build_host as build_feature_store
+from mlp_feature_store.settings import FeatureStoreSettings
 from mlp_training.main import MIGRATIONS_DIR, build
 from mlp_training.settings import TrainingSettings
 
@@ -32,12 +35,9 @@ def _queries() -> list[tuple[str, str]]:
     return found
 
 
-async def _exported_names(tmp_path: Path, issuer: TestIssuer) -> set[str]:
+async def _scrape(host: ServiceHost) -> set[str]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    settings = TrainingSettings(state_dir=tmp_path, oidc_issuer=issuer.issuer, grpc_port=0,
-                                kafka_bootstrap_servers="127.0.0.1:1")
-    host = build_host(settings, MIGRATIONS_DIR, build)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=host.app), base_url="http://t") as client:
         await client.get("/healthz")
         text = (await client.get("/metrics")).text
@@ -47,10 +47,20 @@ async def _exported_names(tmp_path: Path, issuer: TestIssuer) -> set[str]:
     return names
 
 
-async def test_dashboard_and_rule_queries_use_exported_metrics(tmp_path: Path, test_issuer: TestIssuer) -> None:
-    exported = await _exported_names(tmp_path, test_issuer)
+async def _exported_names(tmp_path: Path, issuer: TestIssuer, redis_url: str) -> set[str]:
+    """What a plain service (training) and the feature store really export on /metrics."""
+    common = {"oidc_issuer": issuer.issuer, "grpc_port": 0, "kafka_bootstrap_servers": "127.0.0.1:1"}
+    training = build_host(TrainingSettings(state_dir=tmp_path / "t", **common), MIGRATIONS_DIR, build)
+    features = build_feature_store(FeatureStoreSettings(state_dir=tmp_path / "f", redis_url=redis_url, **common),
+                                   verifier=issuer.verifier())
+    return await _scrape(training) | await _scrape(features)
+
+
+async def test_dashboard_and_rule_queries_use_exported_metrics(tmp_path: Path, test_issuer: TestIssuer,
+                                                               redis_url: str) -> None:
+    exported = await _exported_names(tmp_path, test_issuer, redis_url)
     queries = _queries()
-    assert len(queries) >= 8
+    assert len(queries) >= 14
     missing = []
     for where, expr in queries:
         for name in re.findall(r"\b(mlp_[a-z0-9_]+)", expr):
