@@ -112,6 +112,11 @@ async def test_thousand_random_kids_cost_at_most_one_fetch_per_door(doors: Doors
         assert await doors.accepted(token) == []
     # 250 tokens x 4 doors = 1,000 random kids; each door's cache may refetch once per cooldown.
     assert test_issuer.jwks_requests - before <= 4
+    # ops see the flood on the gateway's /metrics as throttled lookups, not as fetches
+    metrics = (await doors.gateway.client.get("/metrics")).text
+    throttled = [line for line in metrics.splitlines()
+                 if line.startswith('mlp_auth_jwks_events_total{kind="throttled_lookup"}')]
+    assert throttled and float(throttled[0].split()[-1]) >= 200, throttled
 
 
 async def test_idp_down_known_keys_keep_working(doors: Doors, test_issuer: TestIssuer) -> None:

@@ -14,6 +14,8 @@ from mlp_core.host import ServiceHost
 from mlp_core.testing.tokens import TestIssuer
 from mlp_feature_store.main import build_host as build_feature_store
 from mlp_feature_store.settings import FeatureStoreSettings
+from mlp_gateway.main import build_gateway
+from mlp_gateway.settings import GatewaySettings
 from mlp_training.main import MIGRATIONS_DIR, build
 from mlp_training.settings import TrainingSettings
 
@@ -48,19 +50,21 @@ async def _scrape(host: ServiceHost) -> set[str]:
 
 
 async def _exported_names(tmp_path: Path, issuer: TestIssuer, redis_url: str) -> set[str]:
-    """What a plain service (training) and the feature store really export on /metrics."""
+    """What a plain service (training), the feature store and the gateway really export on /metrics."""
     common = {"oidc_issuer": issuer.issuer, "grpc_port": 0, "kafka_bootstrap_servers": "127.0.0.1:1"}
     training = build_host(TrainingSettings(state_dir=tmp_path / "t", **common), MIGRATIONS_DIR, build)
     features = build_feature_store(FeatureStoreSettings(state_dir=tmp_path / "f", redis_url=redis_url, **common),
                                    verifier=issuer.verifier())
-    return await _scrape(training) | await _scrape(features)
+    gateway = build_gateway(GatewaySettings(state_dir=tmp_path / "g", redis_url=redis_url, **common),
+                            verifier=issuer.verifier()).host
+    return await _scrape(training) | await _scrape(features) | await _scrape(gateway)
 
 
 async def test_dashboard_and_rule_queries_use_exported_metrics(tmp_path: Path, test_issuer: TestIssuer,
                                                                redis_url: str) -> None:
     exported = await _exported_names(tmp_path, test_issuer, redis_url)
     queries = _queries()
-    assert len(queries) >= 14
+    assert len(queries) >= 21
     missing = []
     for where, expr in queries:
         for name in re.findall(r"\b(mlp_[a-z0-9_]+)", expr):

@@ -18,6 +18,7 @@ from mlp_gateway.dpop import DpopVerifier, RedisReplayCache
 from mlp_gateway.exchange import TokenExchanger
 from mlp_gateway.grpc_proxy import GatewayAuthInterceptor, GrpcProxy, proxy_registrar
 from mlp_gateway.guard import GuardDeps, guard_factory
+from mlp_gateway.metrics import GatewayCollector
 from mlp_gateway.openapi import OpenApiAggregator
 from mlp_gateway.proxy import Forwarder, ProxyApp, build_proxy_router
 from mlp_gateway.ratelimit import RateLimiter
@@ -84,6 +85,7 @@ def build_gateway(settings: GatewaySettings, *, verifier: TokenVerifier | None =
             on_shutdown=[forwarder.close, grpc_proxy.close, openapi.aclose, redis.aclose],
             rest_auth_middleware=guard_factory(deps, inner=lambda app: ProxyApp(app, forwarder)),
             grpc_auth_interceptor=GatewayAuthInterceptor(verifier, audit),
+            collectors=[GatewayCollector(verifier, audit)],
         )
 
     host = bootstrap.build_host(settings, MIGRATIONS_DIR, build, verifier=verifier)

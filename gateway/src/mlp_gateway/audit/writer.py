@@ -51,6 +51,11 @@ class AuditLog:
         self.written = 0
         self.failures = 0
 
+    @property
+    def queue_depth(self) -> int:
+        """Entries waiting for the writer (grows while the database is unavailable)."""
+        return self._queue.qsize()
+
     async def record(self, entry: AuditEntry) -> None:
         """Queue ``entry`` for the chain."""
         await self._queue.put(entry)
