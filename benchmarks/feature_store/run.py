@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -25,13 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data
 import load
 
+from mlp_core.broker import free_port
 from mlp_feature_store.store.online_redis import key_prefix
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _online_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int, entities: int,
@@ -91,7 +85,7 @@ def online(bench: data.Bench, entities: int, seconds: float) -> list[str]:
 
     loaded = data.load_online(bench, entities)
     issuer = TestIssuer().start()
-    grpc_port, http_port = _free_port(), _free_port()
+    grpc_port, http_port = free_port(), free_port()
     proc = load.start_server({
         "MLP_DATABASE_URL": bench.db_url, "MLP_REDIS_URL": bench.redis_url, "MLP_OIDC_ISSUER": issuer.issuer,
         "MLP_OIDC_AUDIENCE": "mlp", "MLP_GRPC_PORT": str(grpc_port), "MLP_HTTP_PORT": str(http_port),

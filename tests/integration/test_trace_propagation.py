@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -14,6 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from mlp_core.broker import free_port
 from mlp_core.db import Database, migrate
 from mlp_core.events import Outbox, OutboxRelay, from_kafka
 from mlp_core.host import ServiceHost, ServiceParts
@@ -23,12 +23,6 @@ from mlp_core.testing.tokens import TestIssuer
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services/training/src/mlp_training/migrations"
 METHOD = "/mlp.test.v1.Echo/Record"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _recording_service(db: Database, outbox: Outbox, topic: str):
@@ -59,7 +53,7 @@ async def test_trace_crosses_http_grpc_and_kafka(test_issuer: TestIssuer, pg_url
     token = test_issuer.mint(scope="admin")
     verifier = test_issuer.verifier()
 
-    grpc_port = _free_port()
+    grpc_port = free_port()
     downstream = ServiceHost(
         CoreSettings(service_name="downstream", oidc_issuer=test_issuer.issuer, grpc_port=grpc_port),
         ServiceParts(title="downstream", grpc_registrars=[_recording_service(db, Outbox("/mlp/test"), topic)]),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from mlp_core.auth import ClientCredentialsTokenSource, JwksCache, TokenVerifier
+from mlp_core.broker import free_port
 from mlp_core.devissuer import create_app
 from mlp_core.errors import Unauthenticated
 
@@ -176,14 +176,8 @@ def test_clients_yaml_file(tmp_path: Path) -> None:
         create_app(tmp_path, ISSUER, cfg)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_console_entry_point_serves(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLP_DEV_ISSUER_PORT": str(port)}
     proc = subprocess.Popen([sys.executable, "-m", "mlp_core.devissuer", "--state-dir", str(tmp_path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import grpc
 import httpx
 import pytest
@@ -12,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import generate_latest
 from pydantic import BaseModel, ConfigDict
 
+from mlp_core.broker import free_port
 from mlp_core.errors import FailedPrecondition, NotFound
 from mlp_core.host import ServiceHost, ServiceParts
 from mlp_core.settings import CoreSettings
@@ -44,12 +43,6 @@ def _router() -> APIRouter:
         return thing.model_dump()
 
     return router
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _host(issuer: TestIssuer, *, probes: dict | None = None, grpc_port: int = 0) -> ServiceHost:
@@ -130,7 +123,7 @@ async def test_readyz_reports_each_failed_probe(test_issuer: TestIssuer) -> None
 
 
 async def test_grpc_server_has_health_and_refuses_without_token(test_issuer: TestIssuer) -> None:
-    port = _free_port()
+    port = free_port()
     host = _host(test_issuer, grpc_port=port)
     await host.start_background()
     try:
@@ -202,7 +195,7 @@ async def test_grpc_errors_become_status_codes_without_details(test_issuer: Test
         server.add_generic_rpc_handlers((handler,))
         return "mlp.test.v1.Errors"
 
-    port = _free_port()
+    port = free_port()
     settings = CoreSettings(service_name="test", oidc_issuer=test_issuer.issuer, grpc_port=port)
     host = ServiceHost(settings, ServiceParts(title="t", grpc_registrars=[register]), verifier=test_issuer.verifier())
     await host.start_background()

@@ -6,7 +6,6 @@ The same tests run against both, then a whole registration, download and tamper 
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 from registry_support import ALICE, Registry, build_registry
 
+from mlp_core.broker import free_port
 from mlp_registry.domain.errors import IntegrityCheckFailed
 from mlp_registry.store.base import ArtifactStore
 from mlp_registry.store.local import LocalArtifactStore
@@ -25,16 +25,10 @@ moto_server = pytest.importorskip("moto.server")
 MIB = 1 << 20
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server speaking the S3 HTTP API on a local port, for this module."""
-    port = _free_port()
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

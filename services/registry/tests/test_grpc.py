@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import socket
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import grpc
 import pytest
 from registry_support import ALICE
 
+from mlp_core.broker import free_port
 from mlp_core.db import Database, migrate
 from mlp_core.host import ServiceHost, ServiceParts
 from mlp_protos.mlp.common.v1 import common_pb2
@@ -32,12 +32,6 @@ SEG = 65536
 DATA = os.urandom(5 * SEG + 1234)
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
 RW = "registry:read registry:write"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -58,7 +52,7 @@ class Server:
 async def server(any_db_url: str, tmp_path: Path, test_issuer: Any) -> AsyncIterator[Server]:
     """The registry's gRPC server on PostgreSQL and SQLite, with a 'fraud/scorer' model."""
     settings = RegistrySettings(state_dir=tmp_path, database_url=any_db_url, oidc_issuer=test_issuer.issuer,
-                                kafka_bootstrap_servers="", registry_segment_size=SEG, grpc_port=_free_port())
+                                kafka_bootstrap_servers="", registry_segment_size=SEG, grpc_port=free_port())
     migrate(any_db_url, MIGRATIONS_DIR, version_table="alembic_version_registry")
     db = Database(any_db_url)
     service = build_service(settings, db)

@@ -43,21 +43,15 @@ def pg_database() -> Iterator[str]:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    name, url = _create_pg_database()
-    try:
+    with pg_database() as url:
         yield url
-    finally:
-        _drop_pg_database(name)
 
 
 @pytest.fixture(scope="module")
 def pg_url_module() -> Iterator[str]:
     """A fresh PostgreSQL database shared by the tests of one module."""
-    name, url = _create_pg_database()
-    try:
+    with pg_database() as url:
         yield url
-    finally:
-        _drop_pg_database(name)
 
 
 @pytest.fixture
@@ -72,11 +66,8 @@ def any_db_url(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/test.db"
         return
-    name, url = _create_pg_database()
-    try:
+    with pg_database() as url:
         yield url
-    finally:
-        _drop_pg_database(name)
 
 
 @pytest.fixture
