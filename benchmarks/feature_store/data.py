@@ -96,10 +96,12 @@ def load_online(bench: Bench, entities: int) -> float:
     rng = np.random.default_rng(1)
     now = int(time.time() * 1_000_000)
     for i in range(VIEWS):
-        prefix = key_prefix(bench.wiring.service.registry.layout(bench.project, f"v{i}"))
+        layout = bench.wiring.service.registry.layout(bench.project, f"v{i}")
+        prefix = key_prefix(layout)
         values = rng.random((entities, FEATURES)).round(6).tolist()
         for start in range(0, entities, 10_000):
-            client.mset({f"{prefix}[{e}]": encode_record(now, now, {f"f{j}": values[e][j] for j in range(FEATURES)})
+            client.mset({f"{prefix}[{e}]": encode_record(layout, now, now, {f"f{j}": values[e][j]
+                                                                             for j in range(FEATURES)})
                          for e in range(start, min(start + 10_000, entities))})
     client.close()
     return time.perf_counter() - started

@@ -17,70 +17,157 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data
 import load
+import native
 
 from mlp_core.broker import free_port
 from mlp_feature_store.store.online_redis import key_prefix
 
+GRPC_METHOD = "/mlp.featurestore.v1.FeatureStoreService/GetOnlineFeatures"
+HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 
-async def _online_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int, entities: int,
-                        seconds: float) -> list[tuple[str, int, int, load.Stats]]:
-    import grpc
-    import httpx
 
+@dataclass
+class Cell:
+    """One measured cell: path, entities per request (0: health check), concurrency, result, server CPU."""
+
+    path: str
+    n: int
+    conc: int
+    stats: load.Stats
+    cpu_us: float | None = None  # server process CPU (user+system) per request, microseconds
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _ids(i: int, n: int, entities: int) -> list[int]:
+    return [(i * 7919 + k * 104_729) % entities for k in range(n)]
+
+
+def _grpc_request(bench: data.Bench, ids: list[int]) -> Any:
     from mlp_protos.mlp.common.v1 import value_pb2
     from mlp_protos.mlp.featurestore.v1 import featurestore_pb2 as pb
+
+    return pb.GetOnlineFeaturesRequest(project=bench.project, features=bench.feature_refs, full_feature_names=True,
+                                       entities={"user_id": value_pb2.RepeatedValue(
+                                           values=[value_pb2.Value(int64_val=e) for e in ids])})
+
+
+async def _python_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int, entities: int,
+                        seconds: float, pid: int) -> list[Cell]:
+    """Every cell with Python clients (grpc.aio, httpx) in this process: the old way, for comparison."""
+    import grpc
+    import httpx
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     from mlp_protos.mlp.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
 
-    refs = bench.feature_refs
     md = [("authorization", f"Bearer {token}")]
-    out = []
+    out: list[Cell] = []
+
+    async def measured(path: str, n: int, conc: int, call: Any) -> None:
+        cpu = _cpu_s(pid)
+        stats = await load.closed_loop(call, conc, seconds)
+        # warm-up calls are not in stats.n: count them by time share (closed loop, same rate)
+        calls = stats.n * (seconds + 0.5) / seconds
+        out.append(Cell(path, n, conc, stats, (_cpu_s(pid) - cpu) / calls * 1e6))
+
     async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel, \
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", headers={"authorization": f"Bearer {token}"},
                               limits=httpx.Limits(max_connections=32), timeout=60) as http:
         stub = pb_grpc.FeatureStoreServiceStub(channel)
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
         health = health_pb2_grpc.HealthStub(channel)
 
         async def health_call(_i: int) -> None:
             await health.Check(health_pb2.HealthCheckRequest())
 
-        # the floor: an empty gRPC round trip to the same server (no auth, no work)
         for conc in (1, 16):
-            out.append(("gRPC health check (floor)", 0, conc, await load.closed_loop(health_call, conc, seconds)))
+            await measured("gRPC health check (floor)", 0, conc, health_call)
         for n in (1, 100):
-            def ids(i: int, n: int = n) -> list[int]:
-                return [(i * 7919 + k * 104_729) % entities for k in range(n)]
-
             async def grpc_call(i: int, n: int = n) -> None:
-                req = pb.GetOnlineFeaturesRequest(project=bench.project, features=refs, full_feature_names=True, entities={
-                    "user_id": value_pb2.RepeatedValue(values=[value_pb2.Value(int64_val=e) for e in ids(i, n)])})
-                resp = await stub.GetOnlineFeatures(req, metadata=md)
+                resp = await stub.GetOnlineFeatures(_grpc_request(bench, _ids(i, n, entities)), metadata=md)
                 assert resp.row_count == n and len(resp.columns) == 51
 
             async def rest_call(i: int, n: int = n) -> None:
                 r = await http.post(f"/api/v1/feature-store/projects/{bench.project}/online-features",
-                                    json={"features": refs, "entities": {"user_id": ids(i, n)}})
+                                    json={"features": bench.feature_refs, "entities": {"user_id": _ids(i, n, entities)}})
                 assert r.status_code == 200, r.text[:300]
 
-            for proto, call in (("gRPC", grpc_call), ("REST", rest_call)):
+            for path, call in (("gRPC", grpc_call), ("REST", rest_call)):
                 for conc in (1, 16):
-                    out.append((proto, n, conc, await load.closed_loop(call, conc, seconds)))
-            prefixes = [key_prefix(bench.wiring.service.registry.layout(bench.project, f"v{v}"))
-                        for v in range(data.VIEWS)]
-            out.append(("raw redis-py", n, 1, load.raw_redis(
-                bench.redis_url, lambda i, n=n, ps=prefixes: [p + f"[{e}]" for p in ps for e in ids(i, n)], seconds)))
+                    await measured(path, n, conc, call)
+            out.append(_raw_cell(bench, n, entities, seconds))
     return out
 
 
-def online(bench: data.Bench, entities: int, seconds: float) -> list[str]:
-    """Table (a): the servers as separate processes with auth, the client here, raw Redis next to them."""
+def _raw_cell(bench: data.Bench, n: int, entities: int, seconds: float) -> Cell:
+    prefixes = [key_prefix(bench.wiring.service.registry.layout(bench.project, f"v{v}")) for v in range(data.VIEWS)]
+    return Cell("raw redis-py", n, 1, load.raw_redis(
+        bench.redis_url, lambda i: [p + f"[{e}]" for p in prefixes for e in _ids(i, n, entities)], seconds))
+
+
+def _check_grpc(bench: data.Bench, token: str, grpc_port: int, request: Any, n: int) -> None:
+    """One call with the Python client: the payload h2load will send is valid and answered in full."""
+    import grpc
+
+    from mlp_protos.mlp.featurestore.v1 import featurestore_pb2 as pb
+    from mlp_protos.mlp.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        resp = pb_grpc.FeatureStoreServiceStub(channel).GetOnlineFeatures(
+            request, metadata=[("authorization", f"Bearer {token}")], timeout=10)
+    assert resp.row_count == n and len(resp.columns) == 51, resp
+    present = pb.FEATURE_STATUS_PRESENT
+    assert all(s == present for c in resp.columns for s in c.statuses), "benchmark data must be PRESENT"
+
+
+def _native_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int, entities: int,
+                  seconds: float, pid: int) -> list[Cell]:
+    """gRPC cells with h2load (concurrency 16 = 1 connection x 16 streams, like one client channel),
+    REST cells with wrk (concurrency 16 = 16 keep-alive connections); server CPU per request from /proc."""
+    from grpc_health.v1 import health_pb2
+
+    out: list[Cell] = []
+
+    def grpc_cell(path: str, n: int, method: str, message: bytes) -> None:
+        for conc in (1, 16):
+            cpu = _cpu_s(pid)
+            before = native.grpc_counts(http_port, method).get("OK", 0.0)
+            stats = native.h2load_grpc(grpc_port, http_port, method, message, token, clients=1, streams=conc,
+                                       seconds=seconds)
+            calls = native.grpc_counts(http_port, method).get("OK", 0.0) - before
+            out.append(Cell(path, n, conc, stats, (_cpu_s(pid) - cpu) / calls * 1e6))
+
+    grpc_cell("gRPC health check (floor)", 0, HEALTH_METHOD, health_pb2.HealthCheckRequest().SerializeToString())
+    url = f"http://127.0.0.1:{http_port}/api/v1/feature-store/projects/{bench.project}/online-features"
+    for n in (1, 100):
+        request = _grpc_request(bench, _ids(1, n, entities))
+        _check_grpc(bench, token, grpc_port, request, n)
+        grpc_cell("gRPC", n, GRPC_METHOD, request.SerializeToString())
+        bodies = [json.dumps({"features": bench.feature_refs, "entities": {"user_id": _ids(i, n, entities)}})
+                  for i in range(64)]
+        for conc in (1, 16):
+            native.wrk_post(url, bodies, token, connections=conc, seconds=0.5, warmup=0)
+            cpu = _cpu_s(pid)
+            stats = native.wrk_post(url, bodies, token, connections=conc, seconds=seconds, warmup=0)
+            out.append(Cell("REST", n, conc, stats, (_cpu_s(pid) - cpu) / stats.n * 1e6))
+        out.append(_raw_cell(bench, n, entities, seconds))
+    return out
+
+
+def online(bench: data.Bench, entities: int, seconds: float, client: str) -> list[str]:
+    """Table (a): the server as a separate process with auth, the load client here, raw Redis next to them."""
     from mlp_core.testing.tokens import TestIssuer
 
     loaded = data.load_online(bench, entities)
@@ -93,21 +180,31 @@ def online(bench: data.Bench, entities: int, seconds: float) -> list[str]:
         "MLP_OTLP_ENDPOINT": ""})
     try:
         load.wait_ready(http_port, proc)
+        # valid for the whole run (the verifier caches a verified token until its exp at the latest)
         token = issuer.mint(scope="features:read", projects=[bench.project], lifetime_s=3000)
-        cells = asyncio.run(_online_cells(bench, token, grpc_port, http_port, entities, seconds))
+        if client == "native":
+            cells = _native_cells(bench, token, grpc_port, http_port, entities, seconds, proc.pid)
+        else:
+            cells = asyncio.run(_python_cells(bench, token, grpc_port, http_port, entities, seconds, proc.pid))
     finally:
         proc.terminate()
         proc.wait(10)
         issuer.stop()
-    raw = {n: s for p, n, _c, s in cells if p.startswith("raw")}
+    raw = {c.n: c.stats for c in cells if c.path.startswith("raw")}
+    how = ("h2load (gRPC: 1 connection x 1 or 16 streams) and wrk (REST: 1 or 16 connections), one thread each"
+           if client == "native" else "Python grpc.aio and httpx clients in the benchmark process")
     lines = [f"Online: {entities:,} entities x {data.VIEWS} views x {data.FEATURES} features in Redis "
-             f"(loaded in {loaded:.1f} s); {seconds:.0f} s per cell after 0.5 s warm-up",
-             "", "| path | entities x features | concurrency | p50 ms | p99 ms | req/s | vs raw req/s |",
-             "|---|---|---|---|---|---|---|"]
-    for proto, n, conc, s in cells:
-        ratio = f"{s.rps / raw[n].rps:.2f}" if n in raw else "-"
-        shape = f"{n} x 50" if n else "-"
-        lines.append(f"| {proto} | {shape} | {conc} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | {s.rps:,.0f} | {ratio} |")
+             f"(loaded in {loaded:.1f} s); {seconds:.0f} s per cell after 0.5 s warm-up; load: {how}",
+             "", "| path | entities x features | concurrency | p50 ms | p99 ms | req/s | vs raw req/s "
+                 "| server CPU us/req |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        s = c.stats
+        ratio = f"{s.rps / raw[c.n].rps:.2f}" if c.n in raw else "-"
+        shape = f"{c.n} x 50" if c.n else "-"
+        cpu = f"{c.cpu_us:,.0f}" if c.cpu_us is not None else "-"
+        lines.append(f"| {c.path} | {shape} | {c.conc} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | {s.rps:,.0f} | {ratio} "
+                     f"| {cpu} |")
     return lines
 
 
@@ -157,6 +254,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small data and short cells (about a minute)")
     parser.add_argument("--online-only", action="store_true", help="run only the online table (a)")
+    parser.add_argument("--client", choices=("native", "python"), default="native",
+                        help="load generators: h2load + wrk (default; falls back to python when missing) or the "
+                             "Python grpc.aio/httpx clients in this process")
+    parser.add_argument("--entities", type=int, help="online entities (default 100,000; --quick 10,000)")
+    parser.add_argument("--seconds", type=float, help="seconds per online cell (default 4; --quick 1.5)")
     parser.add_argument("--historical-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.historical_child:
@@ -165,12 +267,19 @@ def main() -> None:
         return
     redis_url = os.environ.get("MLP_REDIS_URL", "redis://127.0.0.1:6379/0")
     entities, seconds = (10_000, 1.5) if args.quick else (100_000, 4.0)
+    entities, seconds = args.entities or entities, args.seconds or seconds
+    client = args.client
+    missing = [name for name, ok in native.available().items() if not ok]
+    if client == "native" and missing:
+        print(f"NOTE: {', '.join(missing)} not installed ({native.INSTALL_HINT}); using the Python clients, whose "
+              "CPU competes with the server on these cores\n")
+        client = "python"
     rows_per_view, entity_rows = (100_000, 10_000) if args.quick else (1_000_000, 100_000)
     bench = data.create(redis_url)
     try:
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
               f"client and servers share these cores\n")
-        print("\n".join(online(bench, entities, seconds)) + "\n", flush=True)
+        print("\n".join(online(bench, entities, seconds, client)) + "\n", flush=True)
         if not args.online_only:
             print("\n".join(historical(bench, rows_per_view, entity_rows, entities)))
     finally:

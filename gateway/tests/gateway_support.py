@@ -101,12 +101,13 @@ class RunningGateway:
 async def running_gateway(settings: GatewaySettings, issuer: TestIssuer) -> AsyncIterator[RunningGateway]:
     gw = build_gateway(settings, verifier=issuer.verifier())
     await gw.host.start_background()
-    transport = httpx.ASGITransport(app=gw.host.app)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client, \
+        port = await gw.start_http("127.0.0.1", 0, lifespan="off")  # the real edge, on a real socket
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client, \
                 grpc.aio.insecure_channel(f"127.0.0.1:{settings.grpc_port}") as channel:
             yield RunningGateway(gw, client, channel, settings)
     finally:
+        await gw.stop_http()
         await gw.host.stop_background()
 
 

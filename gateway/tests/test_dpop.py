@@ -35,7 +35,7 @@ def bound_token(issuer: TestIssuer, key: jwk.ECKey) -> str:
 
 
 def dpop_headers(token: str, proof_jwt: str) -> dict[str, str]:
-    return {"Authorization": f"DPoP {token}", "DPoP": proof_jwt}
+    return {"Authorization": f"DPoP {token}", "DPoP": proof_jwt, "Host": "gateway.test"}  # htu is http://gateway.test/...
 
 
 async def test_valid_proof_is_accepted_once(gateway: RunningGateway, test_issuer: TestIssuer) -> None:

@@ -111,19 +111,23 @@ class GatewayGuard:
     # -- steps ------------------------------------------------------------------------------
 
     def _check_transport(self, scope: Scope) -> None:
-        from urllib.parse import parse_qsl
-
-        query = scope.get("query_string", b"").decode("latin-1")
-        if any(name.lower() in _QUERY_TOKEN_NAMES for name, _ in parse_qsl(query, keep_blank_values=True)):
+        query = scope.get("query_string", b"")
+        if query and _has_query_token(query):
             raise _invalid_request("access tokens are not accepted in the query string; "
                                    "use the Authorization header")
-        if _DOT_SEGMENT.search(scope["path"]) or "//" in scope["path"]:
+        path = scope["path"]
+        if ("." in path and _DOT_SEGMENT.search(path)) or "//" in path:
             raise NotFound("paths with '.', '..' or empty segments are not routed")
-        encodings = [e.strip().lower() for v in _header(scope, b"content-encoding") for e in v.split(",")]
+        encodings: list[str] = []
+        lengths: list[str] = []
+        for name, value in scope.get("headers", ()):
+            if name == b"content-encoding":
+                encodings += (e.strip().lower() for e in value.decode("latin-1").split(","))
+            elif name == b"content-length":
+                lengths.append(value.decode("latin-1"))
         if any(e not in ("", "identity") for e in encodings):
             raise UnsupportedMediaType(
                 "compressed request bodies are not accepted (Content-Encoding); send the body uncompressed")
-        lengths = _header(scope, b"content-length")
         if lengths:
             if len(set(lengths)) > 1 or not lengths[0].strip().isdigit():
                 raise InvalidArgument("malformed Content-Length header")
@@ -246,6 +250,13 @@ class GatewayGuard:
         headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in exc.headers.items()]
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _has_query_token(query: bytes) -> bool:
+    from urllib.parse import parse_qsl
+
+    return any(name.lower() in _QUERY_TOKEN_NAMES
+               for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True))
 
 
 def _traceparent_id(scope: Scope) -> str:

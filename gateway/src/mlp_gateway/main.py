@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from fastapi.openapi.utils import get_openapi
@@ -12,12 +17,14 @@ from fastapi.openapi.utils import get_openapi
 from mlp_core import bootstrap
 from mlp_core.auth import TokenVerifier, build_verifier
 from mlp_core.db import Database
-from mlp_core.host import ServiceHost, ServiceParts, setup_process
+from mlp_core.host import PUBLIC_PATHS, ServiceHost, ServiceParts, run_loop, setup_process
+from mlp_core.telemetry import tracing_exported
 from mlp_gateway.audit import AuditLog, CheckpointSigner
 from mlp_gateway.dpop import DpopVerifier, RedisReplayCache
+from mlp_gateway.edge import Edge, EdgeConfig, Headers
 from mlp_gateway.exchange import TokenExchanger
 from mlp_gateway.grpc_proxy import GatewayAuthInterceptor, GrpcProxy, proxy_registrar
-from mlp_gateway.guard import GuardDeps, guard_factory
+from mlp_gateway.guard import GatewayGuard, GuardDeps, guard_factory
 from mlp_gateway.metrics import GatewayCollector
 from mlp_gateway.openapi import OpenApiAggregator
 from mlp_gateway.proxy import Forwarder, ProxyApp, build_proxy_router
@@ -36,6 +43,48 @@ class Gateway:
     openapi: OpenApiAggregator
     grpc_proxy: GrpcProxy
     forwarder: Forwarder
+    edge: Edge
+    _app_server: Any = None
+    _app_task: asyncio.Task[None] | None = None
+    _socket_dir: str = ""
+    _ports: list[int] = field(default_factory=list)
+
+    async def start_http(self, host: str, port: int, *, lifespan: Literal["on", "off"] = "on") -> int:
+        """Serve the public REST port: the edge on ``host:port`` and the FastAPI app behind it on a
+        private Unix socket. Returns the port (``port=0`` picks a free one)."""
+        import uvicorn
+
+        self._socket_dir = tempfile.mkdtemp(prefix="mlpgw-")  # 0700: only this user reaches the app
+        socket = str(Path(self._socket_dir) / "app.sock")
+        self.edge.config.fallback_uds = socket
+        config = uvicorn.Config(self.host.app, uds=socket, log_config=None, access_log=False, lifespan=lifespan,
+                                http="auto", proxy_headers=True, forwarded_allow_ips="*")
+        server = uvicorn.Server(config)
+        self._app_server = server
+        self._app_task = asyncio.create_task(server.serve())
+        while not server.started:
+            if self._app_task.done():
+                self._app_task.result()
+                raise RuntimeError("the gateway app stopped during start-up")
+            await asyncio.sleep(0.01)
+        return await self.edge.start(host, port)
+
+    async def wait_http(self) -> None:
+        """Until the app server exits (SIGINT/SIGTERM reach uvicorn's handlers)."""
+        if self._app_task is not None:
+            await self._app_task
+
+    async def stop_http(self) -> None:
+        """Close the edge, then the app server."""
+        await self.edge.close()
+        if self._app_server is not None:
+            self._app_server.should_exit = True
+        if self._app_task is not None:
+            await self._app_task
+            self._app_task = None
+        if self._socket_dir:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = ""
 
 
 def _exchanger(settings: GatewaySettings) -> TokenExchanger | None:
@@ -74,7 +123,12 @@ def build_gateway(settings: GatewaySettings, *, verifier: TokenVerifier | None =
         async def redis_probe() -> None:
             await redis.ping()
 
-        built.update(audit=audit, openapi=openapi, grpc_proxy=grpc_proxy, forwarder=forwarder)
+        edge_guard = GatewayGuard(None, verifier, tuple(PUBLIC_PATHS), deps=deps)  # type: ignore[arg-type]
+        edge = Edge(EdgeConfig(guard=edge_guard, upstreams=settings.upstreams(), fallback_uds="",
+                               timeout_for=forwarder.timeout_for, exchanger=exchanger,
+                               max_body_bytes=settings.gateway_max_body_bytes,
+                               span=_edge_span if tracing_exported() else None))
+        built.update(audit=audit, openapi=openapi, grpc_proxy=grpc_proxy, forwarder=forwarder, edge=edge)
         return ServiceParts(
             title="MLP platform API",
             description="The public REST API of every platform service, through the gateway.",
@@ -91,8 +145,35 @@ def build_gateway(settings: GatewaySettings, *, verifier: TokenVerifier | None =
     host = bootstrap.build_host(settings, MIGRATIONS_DIR, build, verifier=verifier)
     built["host"] = host
     host.app.openapi = built["openapi"].document  # type: ignore[method-assign]
+    built["edge"].config.metrics = host.http_metrics
     return Gateway(host=host, audit=built["audit"], openapi=built["openapi"],
-                   grpc_proxy=built["grpc_proxy"], forwarder=built["forwarder"])
+                   grpc_proxy=built["grpc_proxy"], forwarder=built["forwarder"], edge=built["edge"])
+
+
+@contextlib.contextmanager
+def _edge_span(name: str, headers: Headers) -> Iterator[None]:
+    """A server span for a forwarded call (only when spans are exported); the service's spans become
+    its children because the forwarded ``traceparent`` is replaced by this span's."""
+    from opentelemetry import propagate, trace
+
+    carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
+    tracer = trace.get_tracer("mlp_gateway.edge")
+    with tracer.start_as_current_span(name, context=propagate.extract(carrier), kind=trace.SpanKind.SERVER):
+        out: dict[str, str] = {}
+        propagate.inject(out)
+        replaced = {k.encode() for k in out}
+        headers[:] = [(k, v) for k, v in headers if k not in replaced]
+        headers.extend((k.encode(), v.encode("latin-1")) for k, v in out.items())
+        yield
+
+
+async def serve(gateway: Gateway, settings: GatewaySettings) -> None:
+    """Run the gateway until SIGINT/SIGTERM: edge, app, gRPC and background tasks."""
+    await gateway.start_http(settings.http_host, settings.http_port)
+    try:
+        await gateway.wait_http()
+    finally:
+        await gateway.stop_http()
 
 
 def _own_openapi(host: ServiceHost) -> dict[str, Any]:
@@ -104,7 +185,7 @@ def main() -> None:
     """Console entry point ``mlp-gateway``."""
     settings = GatewaySettings()
     setup_process(settings)
-    build_gateway(settings).host.run()
+    run_loop(serve(build_gateway(settings), settings))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ checks again in its own domain, together with the tenancy (project) rules.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -69,6 +70,7 @@ _GRPC_SPECIAL: dict[str, str] = {
 _APPROVAL_METHODS = re.compile(r"^/mlp\.registry\.v1\.[A-Za-z]+/(Approve|Reject)ChangeRequest$")
 
 
+@functools.lru_cache(maxsize=8192)
 def required_scope(method: str, path: str) -> str | None:
     """The scope a REST call needs, ``AUTHENTICATED`` for any valid token, ``None`` if no route matches."""
     verb = method.upper()

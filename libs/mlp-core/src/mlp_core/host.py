@@ -75,6 +75,7 @@ class ServiceHost:
             self.registry.register(collector)
         self.verifier = verifier if verifier is not None else _build_verifier(settings)
         self.grpc_metrics = GrpcMetrics(self.registry)
+        self.http_metrics = HttpMetrics(self.registry)
         self.extra_interceptors = list(grpc_interceptors)
         self.grpc_server: GrpcServer | None = None
         self._stop = asyncio.Event()
@@ -113,7 +114,7 @@ class ServiceHost:
 
             app.add_middleware(self.parts.rest_auth_middleware or AuthMiddleware,  # type: ignore[arg-type]
                                verifier=self.verifier, public_paths=tuple(self.parts.public_paths))
-        app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(self.registry),
+        app.add_middleware(MetricsMiddleware, metrics=self.http_metrics,
                            service=self.settings.service_name)
         _instrument_fastapi(app)
         return app

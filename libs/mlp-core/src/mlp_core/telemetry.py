@@ -99,6 +99,20 @@ def tracing_exported() -> bool:
 
 _TRACE_HEADERS = {b"traceparent": "traceparent", b"tracestate": "tracestate", b"baggage": "baggage"}
 _SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def _parse_traceparent(value: bytes) -> trace.SpanContext | None:
+    """A plain ``00-<trace>-<span>-<flags>`` traceparent, parsed directly (the propagator's rules for
+    version 00); ``None`` for anything else, which then goes through the full propagator."""
+    if len(value) != 55 or value[:3] != b"00-" or value[35:36] != b"-" or value[52:53] != b"-" \
+            or not _HEX.issuperset(value[3:35] + value[36:52] + value[53:55]):
+        return None
+    trace_id, span_id = int(value[3:35], 16), int(value[36:52], 16)
+    if not trace_id or not span_id:
+        return None
+    return trace.SpanContext(trace_id=trace_id, span_id=span_id, is_remote=True,
+                             trace_flags=trace.TraceFlags(int(value[53:55], 16)))
 
 
 class TraceContextMiddleware:
@@ -118,9 +132,15 @@ class TraceContextMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        carrier = {_TRACE_HEADERS[k]: v.decode("latin-1") for k, v in scope.get("headers", ())
-                   if k in _TRACE_HEADERS}
-        ctx = propagate.extract(carrier) if carrier else otel_context.Context()
+        carrier = {_TRACE_HEADERS[k]: v for k, v in scope.get("headers", ()) if k in _TRACE_HEADERS}
+        parsed = _parse_traceparent(carrier["traceparent"]) if len(carrier) == 1 and "traceparent" in carrier \
+            else None
+        if parsed is not None:  # the common case (the gateway always sends one): no propagator run
+            ctx = trace.set_span_in_context(trace.NonRecordingSpan(parsed), otel_context.Context())
+        elif carrier:
+            ctx = propagate.extract({k: v.decode("latin-1") for k, v in carrier.items()})
+        else:
+            ctx = otel_context.Context()
         if not trace.get_current_span(ctx).get_span_context().is_valid:
             fresh = trace.SpanContext(trace_id=random.getrandbits(128) or 1, span_id=random.getrandbits(64) or 1,
                                       is_remote=False, trace_flags=_SAMPLED)
