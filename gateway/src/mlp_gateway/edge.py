@@ -163,6 +163,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.complete = False
+        self.keep_alive = False
         self.received = 0
         self.length: int | None = None
         self.chunked = False
@@ -215,6 +216,7 @@ class _UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()  # only meaningful inside the callback
         self._wake()
 
     # -- use ---------------------------------------------------------------------------------------
@@ -228,6 +230,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self.error = error
         if not self.head.done():
             self.head.set_exception(error)
+            self.head.exception()  # an idle pooled connection may fail with nobody waiting: no warning
         self._wake()
 
     def send(self, request: bytes) -> None:
@@ -276,7 +279,7 @@ class _UpstreamConnection(asyncio.Protocol):
 
     def release(self) -> None:
         """Back to the pool if the answer was read whole and the connection may be kept."""
-        if self.closed or not self.complete or self.error is not None or not self.parser.should_keep_alive():
+        if self.closed or not self.complete or self.error is not None or not self.keep_alive:
             self.close()
             return
         self._new_exchange()
