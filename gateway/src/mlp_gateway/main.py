@@ -103,7 +103,8 @@ def build_gateway(settings: GatewaySettings, *, verifier: TokenVerifier | None =
     def build(settings: GatewaySettings, db: Database) -> ServiceParts:
         redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
         limiter = RateLimiter(redis, rate_per_s=settings.gateway_rate_limit_per_s,
-                              burst=settings.gateway_rate_limit_burst)
+                              burst=settings.gateway_rate_limit_burst,
+                              lease_size=settings.gateway_rate_limit_lease or None)
         audit = AuditLog(db, CheckpointSigner.from_state_dir(settings.state_dir),
                          checkpoint_every=settings.gateway_audit_checkpoint_every,
                          checkpoint_interval_s=settings.gateway_audit_checkpoint_interval_s,

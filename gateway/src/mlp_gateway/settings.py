@@ -40,6 +40,9 @@ class GatewaySettings(CoreSettings):
     gateway_max_header_token_bytes: int = 8192
     gateway_rate_limit_per_s: float = 100.0
     gateway_rate_limit_burst: int = 200
+    gateway_rate_limit_lease: int = Field(
+        default=0, ge=0, description="tokens a process takes from Redis at a time; 0: a tenth of the burst, "
+        "at most one second of refill (1 = every call asks Redis)")
     gateway_dpop_max_age_s: int = 60
     gateway_public_url: str = Field(default="", description="external base URL for DPoP htu checks")
     gateway_token_exchange: bool = False
