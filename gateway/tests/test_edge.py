@@ -211,3 +211,24 @@ async def test_kept_alive_connection_closed_by_the_service_is_retried_once(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_slow_body_may_take_longer_than_the_head_limit_but_not_stall(
+        gateway: RunningGateway, test_issuer: TestIssuer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(edge, "HEAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(edge, "BODY_IDLE_TIMEOUT_S", 0.5)
+    token = test_issuer.mint(scope="features:write", projects=["p1"])
+    body = b'{"name":"' + b"s" * 200_000 + b'","project":"p1"}'
+    head = (f"POST /api/v1/feature-store/things HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    async with _connect(gateway) as (reader, writer):
+        writer.write(head)
+        for at in range(0, len(body), 70_000):  # 0.6 s in all, never 0.5 s without progress
+            await asyncio.sleep(0.2)
+            writer.write(body[at:at + 70_000])
+        status, _, answer = await _read_response(reader)
+        assert status == 201
+        assert json.loads(answer)["name"] == "s" * 200_000
+    async with _connect(gateway) as (reader, writer):
+        writer.write(head + body[:70_000])  # and then nothing more
+        assert await _closed(reader)

@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_S = 10.0
+BODY_IDLE_TIMEOUT_S = 30.0  # longest pause between two parts of a request body
 IDLE_TIMEOUT_S = 5.0
 UPSTREAM_IDLE_S = 4.0  # below uvicorn's 5 s keep-alive, so a pooled connection is not reused as it closes
 _HIGH_WATER = 256 * 1024
@@ -549,7 +550,9 @@ class _ClientConnection(asyncio.Protocol):
                 expect = True
         if request.refused is not None:
             self._finish(request)  # answered now; the body is not read
-        elif expect and self.transport is not None:
+            return
+        self._arm(BODY_IDLE_TIMEOUT_S)  # the head is in; a body may take long, but must keep coming
+        if expect and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -557,6 +560,8 @@ class _ClientConnection(asyncio.Protocol):
         if request.refused is not None:
             return
         request.body_size += len(body)
+        if request.body_size > 65536:  # small bodies arrive with the head; only long uploads re-arm
+            self._arm(BODY_IDLE_TIMEOUT_S)
         if request.body_size > self.edge.config.max_body_bytes:
             limit = self.edge.config.max_body_bytes
             request.refused = PayloadTooLarge(f"request body is over the limit of {limit} bytes")
