@@ -1,5 +1,8 @@
 """In-process cost of one online read, without transport: domain call, protobuf and JSON encoding.
 
+``online_to_pb`` is the per-column response shape, ``online_to_pb/view`` the ``status_per_view`` one;
+both include ``SerializeToString``.
+
     .venv/bin/python benchmarks/feature_store/inproc.py
 
 Needs PostgreSQL and Redis like ``run.py``; prints median and p99 microseconds per step.
@@ -54,6 +57,7 @@ def main() -> None:
             steps: list[tuple[str, Callable[[], Any]]] = [
                 ("online (sync)", sync),
                 ("online_to_pb", lambda r=result: cv.online_to_pb(r, r.dtypes, True).SerializeToString()),
+                ("online_to_pb/view", lambda r=result: cv.online_to_pb(r, r.dtypes, True, True).SerializeToString()),
                 ("online_json", lambda r=result: orjson.dumps(online_json(r))),
             ]
             if hasattr(retrieval, "online_async"):
@@ -61,7 +65,7 @@ def main() -> None:
                     retrieval.online_async(data.Admin(), bench.project, ents, features=refs))))
             for name, fn in steps:
                 p50, p99 = _time(fn, 300 if n == 1 else 100)
-                print(f"{n:>3} x 50  {name:<16} p50 {p50:8.0f} us   p99 {p99:8.0f} us")
+                print(f"{n:>3} x 50  {name:<18} p50 {p50:8.0f} us   p99 {p99:8.0f} us")
         loop.close()
     finally:
         data.drop(bench)

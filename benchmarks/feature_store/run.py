@@ -1,6 +1,8 @@
 """Feature store benchmarks: online reads (gRPC, REST, raw Redis limit) and historical retrieval.
 
-    .venv/bin/python benchmarks/feature_store/run.py [--quick] [--online-only]
+    .venv/bin/python benchmarks/feature_store/run.py [--quick] [--online-only] [--client native|python]
+
+The online cells use h2load (gRPC) and wrk (REST): apt-get install -y nghttp2-client wrk.
 
 Needs PostgreSQL on 127.0.0.1:5432 (postgres, trust) and Redis (MLP_REDIS_URL or 127.0.0.1:6379).
 Everything it creates (a database, Redis keys under its own project) is removed at the end.
@@ -55,12 +57,12 @@ def _ids(i: int, n: int, entities: int) -> list[int]:
     return [(i * 7919 + k * 104_729) % entities for k in range(n)]
 
 
-def _grpc_request(bench: data.Bench, ids: list[int]) -> Any:
+def _grpc_request(bench: data.Bench, ids: list[int], status_per_view: bool = True) -> Any:
     from mlp_protos.mlp.common.v1 import value_pb2
     from mlp_protos.mlp.featurestore.v1 import featurestore_pb2 as pb
 
     return pb.GetOnlineFeaturesRequest(project=bench.project, features=bench.feature_refs, full_feature_names=True,
-                                       entities={"user_id": value_pb2.RepeatedValue(
+                                       status_per_view=status_per_view, entities={"user_id": value_pb2.RepeatedValue(
                                            values=[value_pb2.Value(int64_val=e) for e in ids])})
 
 
@@ -129,7 +131,8 @@ def _check_grpc(bench: data.Bench, token: str, grpc_port: int, request: Any, n: 
             request, metadata=[("authorization", f"Bearer {token}")], timeout=10)
     assert resp.row_count == n and len(resp.columns) == 51, resp
     present = pb.FEATURE_STATUS_PRESENT
-    assert all(s == present for c in resp.columns for s in c.statuses), "benchmark data must be PRESENT"
+    statuses = [s for c in resp.columns for s in c.statuses] + [s for g in resp.status_groups for s in g.statuses]
+    assert statuses and all(s == present for s in statuses), "benchmark data must be PRESENT"
 
 
 def _native_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int, entities: int,
@@ -155,6 +158,10 @@ def _native_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int,
         request = _grpc_request(bench, _ids(1, n, entities))
         _check_grpc(bench, token, grpc_port, request, n)
         grpc_cell("gRPC", n, GRPC_METHOD, request.SerializeToString())
+        if n == 100:  # the older per-column status shape, for comparison
+            request = _grpc_request(bench, _ids(1, n, entities), status_per_view=False)
+            _check_grpc(bench, token, grpc_port, request, n)
+            grpc_cell("gRPC, per-column statuses", n, GRPC_METHOD, request.SerializeToString())
         bodies = [json.dumps({"features": bench.feature_refs, "entities": {"user_id": _ids(i, n, entities)}})
                   for i in range(64)]
         for conc in (1, 16):

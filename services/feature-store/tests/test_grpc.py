@@ -68,6 +68,44 @@ async def test_online_features_good_path(fs_grpc: Running) -> None:
     assert list(resp.columns[1].statuses) == [pb.FEATURE_STATUS_STALE]
 
 
+def _expand(resp: pb.GetOnlineFeaturesResponse) -> dict[str, tuple[list[int], list[int]]]:
+    """Per column (statuses, ages) of a ``status_per_view`` response, in the per-column shape."""
+    out = {}
+    for c in resp.columns:
+        group = resp.status_groups[c.status_group]
+        statuses = list(group.statuses)
+        for row in c.null_rows:
+            statuses[row] = pb.FEATURE_STATUS_NULL_VALUE
+        out[c.name] = (statuses, list(group.age_ms))
+    return out
+
+
+async def test_status_per_view_matches_the_per_column_shape(fs_grpc: Running) -> None:
+    r = fs_grpc
+    await _define(r)
+    r.wiring.service.registry.apply(Caller(), "p1", [("transformation", {
+        "name": "ctr", "function": "ratio", "inputs": ["stats:clicks", "stats:views"],
+        "outputs": [{"name": "ratio", "dtype": "float64"}]})])
+    request = pb.GetOnlineFeaturesRequest(project="p1", features=["stats:clicks", "stats:views", "ctr:ratio"],
+                                          entities={"user_id": strings("u1", "u2", "nobody")})
+    per_column = await r.stub.GetOnlineFeatures(request, metadata=r.auth())
+    request.status_per_view = True
+    grouped = await r.stub.GetOnlineFeatures(request, metadata=r.auth())
+    assert [c.name for c in grouped.columns] == [c.name for c in per_column.columns]
+    assert all(not c.statuses and not c.age_ms for c in grouped.columns)
+    # join keys, the view (shared by clicks and views), the transformation
+    assert len(grouped.status_groups) == 3
+    assert [c.status_group for c in grouped.columns] == [0, 1, 1, 2]
+    assert list(grouped.columns[3].null_rows) == [1]  # u2: views == 0, so the ratio is null
+    expanded = _expand(grouped)
+    for c in per_column.columns:
+        statuses, ages = expanded[c.name]
+        assert statuses == list(c.statuses), c.name
+        assert [a >= 0 for a in ages] == [a >= 0 for a in c.age_ms], c.name
+    for a, b in zip(grouped.columns, per_column.columns, strict=True):
+        assert a.values == b.values and a.dtype == b.dtype
+
+
 async def test_refusals_have_the_right_codes(fs_grpc: Running) -> None:
     r = fs_grpc
     await _define(r)

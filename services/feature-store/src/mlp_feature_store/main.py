@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -119,11 +120,28 @@ def build_host(settings: FeatureStoreSettings, transforms: TransformRegistry | N
                                 verifier=verifier)
 
 
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the online read path.
+
+    The hundreds of thousands of long-lived objects of start-up (modules, FastAPI/pydantic models,
+    gRPC and SQLAlchemy internals) are moved to the permanent generation (``gc.freeze``), so the
+    collections that do run never traverse them; a read allocates hundreds of short-lived tuples and
+    lists (acyclic, freed by reference counting), so generation 0 is collected every 20,000
+    allocations rather than every 700. Measured on the online benchmark: fewer and shorter pauses
+    in the p99 tail.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def main() -> None:
     """Console-script entry point (``mlp-feature-store``)."""
     settings = FeatureStoreSettings()
     setup_process(settings)
-    build_host(settings).run()
+    host = build_host(settings)
+    tune_gc()
+    host.run()
 
 
 if __name__ == "__main__":

@@ -204,13 +204,16 @@ def _infer_dtype(values: list[Any]) -> ValueType:
     return ValueType.FLOAT64
 
 
-def online_to_pb(result: OnlineResult, dtypes: dict[str, ValueType], full_names: bool
-                 ) -> pb.GetOnlineFeaturesResponse:
+def online_to_pb(result: OnlineResult, dtypes: dict[str, ValueType], full_names: bool,
+                 status_per_view: bool = False) -> pb.GetOnlineFeaturesResponse:
     """Join key columns (echoed), then one packed column per feature, in request order.
 
     Columns are passed as dicts to ONE response constructor; the status and age lists of a view are
-    converted once and shared by its columns.
+    converted once and shared by its columns. ``status_per_view`` sends them once per view
+    (``status_groups``) instead of once per column.
     """
+    if status_per_view:
+        return _online_to_pb_grouped(result, dtypes, full_names)
     n = len(next(iter(result.entities.values())))
     columns: list[dict[str, Any]] = []
     present = [pb.FEATURE_STATUS_PRESENT] * n
@@ -243,6 +246,48 @@ def online_to_pb(result: OnlineResult, dtypes: dict[str, ValueType], full_names:
         columns.append({"name": out_name, "dtype": _TO_PB_TYPE[dtype], "values": _packed(dtype, values, has_none),
                         "statuses": codes, "age_ms": ages})
     return pb.GetOnlineFeaturesResponse(columns=columns, row_count=n)
+
+
+def _out_name(name: str, full_names: bool, seen: set[str]) -> str:
+    out_name = name if full_names else name.partition(SEP)[2]
+    if out_name in seen:
+        raise InvalidArgument(f"two requested features are both called '{out_name}'; set "
+                              "full_feature_names to name columns 'view__feature'")
+    seen.add(out_name)
+    return out_name
+
+
+def _online_to_pb_grouped(result: OnlineResult, dtypes: dict[str, ValueType], full_names: bool
+                          ) -> pb.GetOnlineFeaturesResponse:
+    """``online_to_pb`` with one ``StatusGroup`` per distinct status list (a view's columns share one)."""
+    n = len(next(iter(result.entities.values())))
+    columns: list[dict[str, Any]] = []
+    for name, values in result.entities.items():
+        dtype = _infer_dtype(values)
+        columns.append({"name": name, "dtype": _TO_PB_TYPE[dtype], "values": _packed(dtype, values, None in values)})
+    groups: list[dict[str, Any]] = [{"statuses": [pb.FEATURE_STATUS_PRESENT] * n, "age_ms": [0] * n}]
+    group_of: dict[int, tuple[int, list[Any]]] = {}
+    seen: set[str] = set()
+    for name, col in result.features.items():
+        out_name = _out_name(name, full_names, seen)
+        values = col.values
+        dtype = dtypes.get(name) or _infer_dtype(values)
+        hit = group_of.get(id(col.statuses))
+        if hit is None:
+            codes = [_STATUS[s] for s in col.statuses]
+            groups.append({"statuses": codes, "age_ms": [-1 if a is None else int(a * 1000) for a in col.ages_s]})
+            hit = group_of[id(col.statuses)] = (len(groups) - 1, codes)
+        group, codes = hit
+        column = {"name": out_name, "dtype": _TO_PB_TYPE[dtype], "status_group": group}
+        has_none = None in values
+        if has_none:
+            present = pb.FEATURE_STATUS_PRESENT
+            nulls = [i for i, v in enumerate(values) if v is None and codes[i] == present]
+            if nulls:
+                column["null_rows"] = nulls
+        column["values"] = _packed(dtype, values, has_none)
+        columns.append(column)
+    return pb.GetOnlineFeaturesResponse(columns=columns, row_count=n, status_groups=groups)
 
 
 def job_to_pb(project: str, runs: list[dict[str, Any]]) -> pb.MaterializationJob:

@@ -178,7 +178,7 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServiceServicer):
         result = await self.service.retrieval.online_async(
             current_principal(), request.project, entities, features=list(request.features) or None,
             feature_service=request.feature_service or None, max_staleness_s=staleness)
-        return cv.online_to_pb(result, result.dtypes, request.full_feature_names)
+        return cv.online_to_pb(result, result.dtypes, request.full_feature_names, request.status_per_view)
 
     # -- writes -----------------------------------------------------------------------------
 

@@ -236,6 +236,10 @@ def _entity_count(entities: dict[str, list[Any]]) -> int:
 def _entity_keys(layout: ViewLayout, entities: dict[str, list[Any]], n: int,
                  converted: dict[str, list[Any]]) -> list[tuple[Any, ...]]:
     """Typed key tuples of one view; ``converted`` memoizes key columns shared by several views."""
+    signature = "keys:" + ",".join(f"{k.name}:{k.dtype}" for k in layout.keys)
+    shared = converted.get(signature)
+    if shared is not None:  # another view of the same entity: the same key tuples (one list object)
+        return shared
     columns = []
     for key in layout.keys:
         if key.name not in entities:
@@ -249,6 +253,6 @@ def _entity_keys(layout: ViewLayout, entities: dict[str, list[Any]], n: int,
                 raise InvalidArgument(f"join key '{key.name}': {exc}") from exc
             converted[cache_key] = column
         columns.append(column)
-    if len(columns) == 1:
-        return [(v,) for v in columns[0]]
-    return list(zip(*columns, strict=True))
+    keys = [(v,) for v in columns[0]] if len(columns) == 1 else list(zip(*columns, strict=True))
+    converted[signature] = keys
+    return keys

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
@@ -63,13 +63,14 @@ class Schema:
         object.__setattr__(self, "empty_nulls", bytes(nb))
         object.__setattr__(self, "_getters", {})
 
-    id: bytes = b""
-    nbytes: int = 0
-    struct: struct.Struct = HEADER
-    strings: tuple[int, ...] = ()
-    index: dict[str, int] | None = None
-    empty_nulls: bytes = b""
-    _getters: dict[tuple[str, ...], Any] | None = None
+    # derived in __post_init__; equality and repr are the columns'
+    id: bytes = field(default=b"", compare=False, repr=False)
+    nbytes: int = field(default=0, compare=False, repr=False)
+    struct: struct.Struct = field(default=HEADER, compare=False, repr=False)
+    strings: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    index: dict[str, int] | None = field(default=None, compare=False, repr=False)
+    empty_nulls: bytes = field(default=b"", compare=False, repr=False)
+    _getters: dict[tuple[str, ...], Any] | None = field(default=None, compare=False, repr=False)
 
     # -- encoding ------------------------------------------------------------------------------
 
@@ -113,7 +114,7 @@ class Schema:
         assert self._getters is not None and self.index is not None
         get = self._getters.get(key)
         if get is None:
-            base = len(HEADER.format) - 1 + (1 if self.nbytes else 0)  # B 8s q q [ns]
+            base = 5 if self.nbytes else 4  # format, schema id, event, ingested[, null bitmap]
             idx = [self.index.get(n) for n in names]
             if all(i is not None for i in idx):
                 positions = [base + i for i in idx if i is not None]

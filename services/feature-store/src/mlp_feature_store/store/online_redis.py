@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ import redis.asyncio as aredis
 from mlp_feature_store.store.base import OnlineRequest, OnlineRows, OnlineStore, OnlineValue, ViewLayout
 from mlp_feature_store.store.offline_tables import feat_col, key_col
 from mlp_feature_store.store.online_record import RECORD_FORMAT, RecordError, Schema, schema_from_spec
+from mlp_feature_store.store.redis_mget import AsyncMget
 
 __all__ = ["RECORD_FORMAT", "RecordError", "RedisOnlineStore", "encode_record", "entity_key", "key_prefix"]
 
@@ -22,9 +24,9 @@ __all__ = ["RECORD_FORMAT", "RecordError", "RedisOnlineStore", "encode_record", 
 # replaced only if the new row is newer by (event time, ingestion time): a late or replayed row never
 # overwrites a newer value, and rerunning a materialization changes nothing. A current value that is
 # not a record of this format (corrupted, or left by older code) is replaced.
-_WRITE_IF_NEWER = """
+_WRITE_IF_NEWER = f"""
 local cur = redis.call('GET', KEYS[1])
-if cur and string.len(cur) >= 25 and string.byte(cur, 1) == %d then
+if cur and string.len(cur) >= 25 and string.byte(cur, 1) == {RECORD_FORMAT} then
   local cev = struct.unpack('<i8', cur, 10)
   local cing = struct.unpack('<i8', cur, 18)
   local ev = tonumber(ARGV[1]); local ing = tonumber(ARGV[2])
@@ -33,7 +35,7 @@ end
 redis.call('SET', KEYS[1], ARGV[4])
 if tonumber(ARGV[3]) > 0 then redis.call('PEXPIREAT', KEYS[1], ARGV[3]) end
 return 1
-""" % RECORD_FORMAT
+"""
 
 _WRITE_CHUNK = 1_000
 
@@ -77,6 +79,9 @@ def entity_key(layout: ViewLayout, key: Sequence[Any]) -> str:
     return key_prefix(layout) + orjson.dumps(list(key)).decode()
 
 
+_EVENT = itemgetter(2)  # a decoded record's event time
+
+
 class _MissingSchemas(Exception):
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
@@ -98,12 +103,11 @@ def _rows(requests: Sequence[OnlineRequest], raw: list[Any]) -> list[OnlineRows]
         found = [r for r in part if r is not None]
         try:
             decoded = schema.unpack_many(found)
-            get = schema.getter(names)
-            tuples = [get(t) for t in decoded]
+            tuples = list(map(schema.getter(names), decoded))
         except RecordError:
-            tuples, decoded = _mixed(layout, schema, names, found)
+            decoded, tuples = _mixed(layout, schema, names, found)
         if len(found) == len(part):
-            out.append(([t[2] for t in decoded], tuples))
+            out.append((list(map(_EVENT, decoded)), tuples))
             continue
         it = iter(zip(decoded, tuples, strict=True))
         events: list[int | None] = []
@@ -160,7 +164,7 @@ class RedisOnlineStore(OnlineStore):
         self.client = client
         self.url = url
         self._write_script = client.register_script(_WRITE_IF_NEWER)
-        self._async: tuple[asyncio.AbstractEventLoop, aredis.Redis] | None = None
+        self._async: tuple[asyncio.AbstractEventLoop, AsyncMget | aredis.Redis] | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisOnlineStore:
@@ -194,9 +198,13 @@ class RedisOnlineStore(OnlineStore):
     @staticmethod
     def _keys(requests: Sequence[OnlineRequest]) -> list[bytes]:
         keys: list[bytes] = []
+        encoded: dict[int, list[bytes]] = {}  # views of one entity share the key list: encode it once
         for layout, _features, ks in requests:
             prefix = key_prefix(layout).encode()
-            keys += [prefix + orjson.dumps(key) for key in ks]
+            suffixes = encoded.get(id(ks))
+            if suffixes is None:
+                suffixes = encoded[id(ks)] = list(map(orjson.dumps, ks))
+            keys += [prefix + s for s in suffixes]
         return keys
 
     def read(self, requests: Sequence[OnlineRequest]) -> list[list[OnlineValue | None]]:
@@ -244,13 +252,15 @@ class RedisOnlineStore(OnlineStore):
             try:
                 return _rows(requests, raw)
             except _MissingSchemas as missing:
-                _learn(await client.mget(missing.keys), missing.keys)
+                _learn(await client.mget([k.encode() for k in missing.keys]), missing.keys)
 
-    def _async_client(self) -> aredis.Redis:
-        """The asyncio client of the running loop (asyncio connections belong to the loop that made them)."""
+    def _async_client(self) -> AsyncMget | aredis.Redis:
+        """The asyncio client of the running loop (asyncio connections belong to the loop that made them):
+        the lean pipelined ``AsyncMget`` for plain ``redis://`` URLs, else redis-py's."""
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
-            self._async = (loop, aredis.Redis.from_url(self.url or ""))
+            url = self.url or ""
+            self._async = (loop, AsyncMget.from_url(url) or aredis.Redis.from_url(url))
         return self._async[1]
 
     def erase(self, layout: ViewLayout, key_values: dict[str, Any]) -> int:
@@ -260,6 +270,9 @@ class RedisOnlineStore(OnlineStore):
             return int(self.client.delete(entity_key(layout, [key_values[k] for k in names])))
         prefix = key_prefix(layout)
         deleted = 0
+        if not key_values:  # the whole view version: its schema descriptions go too
+            for raw in self.client.scan_iter(match=prefix[:-1] + "#schema:*", count=1000):
+                self.client.delete(raw)
         for raw in self.client.scan_iter(match=prefix + "*", count=1000):
             key = raw.decode() if isinstance(raw, bytes) else raw
             values = dict(zip(names, json.loads(key[len(prefix):]), strict=True))

@@ -369,7 +369,7 @@ class DeleteFeatureServiceResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class GetOnlineFeaturesRequest(_message.Message):
-    __slots__ = ("project", "feature_service", "features", "entities", "max_staleness", "full_feature_names")
+    __slots__ = ("project", "feature_service", "features", "entities", "max_staleness", "full_feature_names", "status_per_view")
     class EntitiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -383,35 +383,51 @@ class GetOnlineFeaturesRequest(_message.Message):
     ENTITIES_FIELD_NUMBER: _ClassVar[int]
     MAX_STALENESS_FIELD_NUMBER: _ClassVar[int]
     FULL_FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    STATUS_PER_VIEW_FIELD_NUMBER: _ClassVar[int]
     project: str
     feature_service: str
     features: _containers.RepeatedScalarFieldContainer[str]
     entities: _containers.MessageMap[str, _value_pb2.RepeatedValue]
     max_staleness: _duration_pb2.Duration
     full_feature_names: bool
-    def __init__(self, project: _Optional[str] = ..., feature_service: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., entities: _Optional[_Mapping[str, _value_pb2.RepeatedValue]] = ..., max_staleness: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., full_feature_names: _Optional[bool] = ...) -> None: ...
+    status_per_view: bool
+    def __init__(self, project: _Optional[str] = ..., feature_service: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., entities: _Optional[_Mapping[str, _value_pb2.RepeatedValue]] = ..., max_staleness: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., full_feature_names: _Optional[bool] = ..., status_per_view: _Optional[bool] = ...) -> None: ...
 
 class FeatureColumn(_message.Message):
-    __slots__ = ("name", "dtype", "values", "statuses", "age_ms")
+    __slots__ = ("name", "dtype", "values", "statuses", "age_ms", "status_group", "null_rows")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
     AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_GROUP_FIELD_NUMBER: _ClassVar[int]
+    NULL_ROWS_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: _common_pb2.DataType
     values: _value_pb2.Value
     statuses: _containers.RepeatedScalarFieldContainer[FeatureStatus]
     age_ms: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_common_pb2.DataType, str]] = ..., values: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., statuses: _Optional[_Iterable[_Union[FeatureStatus, str]]] = ..., age_ms: _Optional[_Iterable[int]] = ...) -> None: ...
+    status_group: int
+    null_rows: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_common_pb2.DataType, str]] = ..., values: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., statuses: _Optional[_Iterable[_Union[FeatureStatus, str]]] = ..., age_ms: _Optional[_Iterable[int]] = ..., status_group: _Optional[int] = ..., null_rows: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class StatusGroup(_message.Message):
+    __slots__ = ("statuses", "age_ms")
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    statuses: _containers.RepeatedScalarFieldContainer[FeatureStatus]
+    age_ms: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, statuses: _Optional[_Iterable[_Union[FeatureStatus, str]]] = ..., age_ms: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetOnlineFeaturesResponse(_message.Message):
-    __slots__ = ("columns", "row_count")
+    __slots__ = ("columns", "row_count", "status_groups")
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_GROUPS_FIELD_NUMBER: _ClassVar[int]
     columns: _containers.RepeatedCompositeFieldContainer[FeatureColumn]
     row_count: int
-    def __init__(self, columns: _Optional[_Iterable[_Union[FeatureColumn, _Mapping]]] = ..., row_count: _Optional[int] = ...) -> None: ...
+    status_groups: _containers.RepeatedCompositeFieldContainer[StatusGroup]
+    def __init__(self, columns: _Optional[_Iterable[_Union[FeatureColumn, _Mapping]]] = ..., row_count: _Optional[int] = ..., status_groups: _Optional[_Iterable[_Union[StatusGroup, _Mapping]]] = ...) -> None: ...
 
 class PushFeaturesRequest(_message.Message):
     __slots__ = ("project", "feature_view", "columns", "target", "idempotency_key", "timestamp_column")
