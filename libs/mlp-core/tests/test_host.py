@@ -218,3 +218,65 @@ async def test_grpc_errors_become_status_codes_without_details(test_issuer: Test
         assert 'code="NOT_FOUND"' in metrics and 'code="INTERNAL"' in metrics
     finally:
         await host.stop_background()
+
+
+async def test_grpc_calls_carry_the_callers_trace_context_without_an_exporter(test_issuer: TestIssuer) -> None:
+    from mlp_core.telemetry import current_trace_id, tracing_exported
+
+    assert not tracing_exported()  # this path is the one without recording spans
+    seen: list[str | None] = []
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        seen.append(current_trace_id())
+        return request
+
+    async def stream(request: bytes, context: grpc.aio.ServicerContext):
+        seen.append(current_trace_id())
+        yield request
+
+    handler = grpc.method_handlers_generic_handler("mlp.test.v1.Trace", {
+        "Echo": grpc.unary_unary_rpc_method_handler(echo),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream)})
+
+    def register(server: grpc.aio.Server) -> str:
+        server.add_generic_rpc_handlers((handler,))
+        return "mlp.test.v1.Trace"
+
+    port = free_port()
+    settings = CoreSettings(service_name="test", oidc_issuer=test_issuer.issuer, grpc_port=port)
+    host = ServiceHost(settings, ServiceParts(title="t", grpc_registrars=[register]), verifier=test_issuer.verifier())
+    await host.start_background()
+    auth = ("authorization", f"Bearer {test_issuer.mint()}")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent = ("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01")
+    # The caller's context is current too: if an earlier test installed an SDK tracer provider, the
+    # (process-wide) client instrumentation sends the current context's traceparent, not ours.
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+
+    caller = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
+        trace_id=int(trace_id, 16), span_id=0x00F067AA0BA902B7, is_remote=True,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))), otel_context.Context())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            token = otel_context.attach(caller)
+            try:
+                await channel.unary_unary("/mlp.test.v1.Trace/Echo")(b"x", metadata=[auth, parent])
+            finally:
+                otel_context.detach(token)
+            token = otel_context.attach(otel_context.Context())
+            try:
+                await channel.unary_unary("/mlp.test.v1.Trace/Echo")(b"x", metadata=[auth])
+                await channel.unary_unary("/mlp.test.v1.Trace/Echo")(b"x", metadata=[auth])
+            finally:
+                otel_context.detach(token)
+            token = otel_context.attach(caller)
+            try:
+                [_ async for _ in channel.unary_stream("/mlp.test.v1.Trace/Stream")(b"x", metadata=[auth, parent])]
+            finally:
+                otel_context.detach(token)
+    finally:
+        await host.stop_background()
+    assert seen[0] == trace_id and seen[3] == trace_id
+    # without one, each call gets a fresh trace of its own (nothing leaks from an earlier call)
+    assert seen[1] and seen[2] and len({seen[1], seen[2], trace_id}) == 3

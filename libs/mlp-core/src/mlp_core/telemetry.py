@@ -115,6 +115,22 @@ def _parse_traceparent(value: bytes) -> trace.SpanContext | None:
                              trace_flags=trace.TraceFlags(int(value[53:55], 16)))
 
 
+def incoming_context(carrier: dict[str, bytes]) -> otel_context.Context:
+    """The caller's trace context from ``traceparent``/``tracestate``/``baggage`` values, or a fresh
+    trace id (as a recording server span would have given) when there is no valid ``traceparent``."""
+    parsed = _parse_traceparent(carrier["traceparent"]) if len(carrier) == 1 and "traceparent" in carrier \
+        else None
+    if parsed is not None:  # the common case (the gateway always sends one): no propagator run
+        return trace.set_span_in_context(trace.NonRecordingSpan(parsed), otel_context.Context())
+    ctx = propagate.extract({k: v.decode("latin-1") for k, v in carrier.items()}) if carrier \
+        else otel_context.Context()
+    if not trace.get_current_span(ctx).get_span_context().is_valid:
+        fresh = trace.SpanContext(trace_id=random.getrandbits(128) or 1, span_id=random.getrandbits(64) or 1,
+                                  is_remote=False, trace_flags=_SAMPLED)
+        ctx = trace.set_span_in_context(trace.NonRecordingSpan(fresh), ctx)
+    return ctx
+
+
 class TraceContextMiddleware:
     """W3C trace-context propagation without recording spans (pure ASGI, a few microseconds).
 
@@ -133,19 +149,7 @@ class TraceContextMiddleware:
             await self.app(scope, receive, send)
             return
         carrier = {_TRACE_HEADERS[k]: v for k, v in scope.get("headers", ()) if k in _TRACE_HEADERS}
-        parsed = _parse_traceparent(carrier["traceparent"]) if len(carrier) == 1 and "traceparent" in carrier \
-            else None
-        if parsed is not None:  # the common case (the gateway always sends one): no propagator run
-            ctx = trace.set_span_in_context(trace.NonRecordingSpan(parsed), otel_context.Context())
-        elif carrier:
-            ctx = propagate.extract({k: v.decode("latin-1") for k, v in carrier.items()})
-        else:
-            ctx = otel_context.Context()
-        if not trace.get_current_span(ctx).get_span_context().is_valid:
-            fresh = trace.SpanContext(trace_id=random.getrandbits(128) or 1, span_id=random.getrandbits(64) or 1,
-                                      is_remote=False, trace_flags=_SAMPLED)
-            ctx = trace.set_span_in_context(trace.NonRecordingSpan(fresh), ctx)
-        token = otel_context.attach(ctx)
+        token = otel_context.attach(incoming_context(carrier))
         try:
             await self.app(scope, receive, send)
         finally:
