@@ -8,7 +8,7 @@ PKGS := libs/mlp-protos libs/mlp-core libs/mlp-cli gateway services/feature-stor
         services/registry services/serving services/experiments services/monitoring
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo up down status test test-unit lint protos check-protos bench clean
+.PHONY: bench-tools install demo up down status test test-unit lint protos check-protos bench clean
 
 install: $(STAMP)
 
@@ -45,8 +45,14 @@ protos: install          ## regenerate the gRPC stubs from proto/
 check-protos: install    ## fail if the committed stubs differ from proto/
 	$(BIN)/python scripts/gen_protos.py --check
 
-bench: install
+bench: install bench-tools
 	@for b in benchmarks/*/run.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+bench-tools:             ## native load generators for the online benchmarks (h2load, wrk), from Debian's packages
+	@command -v h2load >/dev/null && command -v wrk >/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y -q nghttp2-client wrk >/dev/null || echo "bench-tools: apt-get failed; benchmarks fall back to Python clients"; \
+	  else echo "bench-tools: install nghttp2-client and wrk (h2load, wrk); benchmarks fall back to Python clients"; fi; }
 
 clean: down
 	rm -rf .mlp
