@@ -13,7 +13,7 @@ import pytest
 from gateway_support import RunningGateway, bearer, gateway_settings, running_gateway
 
 from mlp_core.testing.tokens import TestIssuer
-from mlp_gateway import edge
+from mlp_core import edge
 
 
 def _port(gateway: RunningGateway) -> int:
@@ -157,7 +157,7 @@ async def test_client_leaving_mid_stream_does_not_hurt_the_gateway(gateway: Runn
             writer.write(_get("/api/v1/feature-store/big?size=2000000&chunked=true", token))
             await reader.readexactly(1000)
     assert (await gateway.client.get("/api/v1/feature-store/whoami", headers=bearer(token))).status_code == 200
-    pool = gateway.gw.edge.pools["feature-store"]
+    pool = gateway.gw.routes.pools["feature-store"]
     assert all(not c.closed for c in pool.idle)
 
 

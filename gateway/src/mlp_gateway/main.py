@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import shutil
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,11 +14,12 @@ from fastapi.openapi.utils import get_openapi
 from mlp_core import bootstrap
 from mlp_core.auth import TokenVerifier, build_verifier
 from mlp_core.db import Database
-from mlp_core.host import PUBLIC_PATHS, ServiceHost, ServiceParts, run_loop, setup_process
+from mlp_core.edge import Headers
+from mlp_core.host import PUBLIC_PATHS, ServiceHost, ServiceParts, setup_process
 from mlp_core.telemetry import tracing_exported
 from mlp_gateway.audit import AuditLog, CheckpointSigner
 from mlp_gateway.dpop import DpopVerifier, RedisReplayCache
-from mlp_gateway.edge import Edge, EdgeConfig, Headers
+from mlp_gateway.edge import GatewayRoutes
 from mlp_gateway.exchange import TokenExchanger
 from mlp_gateway.grpc_proxy import GatewayAuthInterceptor, GrpcProxy, proxy_registrar
 from mlp_gateway.guard import GatewayGuard, GuardDeps, guard_factory
@@ -43,48 +41,15 @@ class Gateway:
     openapi: OpenApiAggregator
     grpc_proxy: GrpcProxy
     forwarder: Forwarder
-    edge: Edge
-    _app_server: Any = None
-    _app_task: asyncio.Task[None] | None = None
-    _socket_dir: str = ""
-    _ports: list[int] = field(default_factory=list)
+    routes: GatewayRoutes
 
     async def start_http(self, host: str, port: int, *, lifespan: Literal["on", "off"] = "on") -> int:
-        """Serve the public REST port: the edge on ``host:port`` and the FastAPI app behind it on a
-        private Unix socket. Returns the port (``port=0`` picks a free one)."""
-        import uvicorn
-
-        self._socket_dir = tempfile.mkdtemp(prefix="mlpgw-")  # 0700: only this user reaches the app
-        socket = str(Path(self._socket_dir) / "app.sock")
-        self.edge.config.fallback_uds = socket
-        config = uvicorn.Config(self.host.app, uds=socket, log_config=None, access_log=False, lifespan=lifespan,
-                                http="auto", proxy_headers=True, forwarded_allow_ips="*")
-        server = uvicorn.Server(config)
-        self._app_server = server
-        self._app_task = asyncio.create_task(server.serve())
-        while not server.started:
-            if self._app_task.done():
-                self._app_task.result()
-                raise RuntimeError("the gateway app stopped during start-up")
-            await asyncio.sleep(0.01)
-        return await self.edge.start(host, port)
-
-    async def wait_http(self) -> None:
-        """Until the app server exits (SIGINT/SIGTERM reach uvicorn's handlers)."""
-        if self._app_task is not None:
-            await self._app_task
+        """The public REST port: the edge on ``host:port``, the app behind it (see ``ServiceHost``)."""
+        return await self.host.start_http(host, port, lifespan=lifespan)
 
     async def stop_http(self) -> None:
-        """Close the edge, then the app server."""
-        await self.edge.close()
-        if self._app_server is not None:
-            self._app_server.should_exit = True
-        if self._app_task is not None:
-            await self._app_task
-            self._app_task = None
-        if self._socket_dir:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
-            self._socket_dir = ""
+        """Close the edge and the app server."""
+        await self.host.stop_http()
 
 
 def _exchanger(settings: GatewaySettings) -> TokenExchanger | None:
@@ -125,11 +90,10 @@ def build_gateway(settings: GatewaySettings, *, verifier: TokenVerifier | None =
             await redis.ping()
 
         edge_guard = GatewayGuard(None, verifier, tuple(PUBLIC_PATHS), deps=deps)  # type: ignore[arg-type]
-        edge = Edge(EdgeConfig(guard=edge_guard, upstreams=settings.upstreams(), fallback_uds="",
-                               timeout_for=forwarder.timeout_for, exchanger=exchanger,
-                               max_body_bytes=settings.gateway_max_body_bytes,
-                               span=_edge_span if tracing_exported() else None))
-        built.update(audit=audit, openapi=openapi, grpc_proxy=grpc_proxy, forwarder=forwarder, edge=edge)
+        routes = GatewayRoutes(edge_guard, settings.upstreams(), forwarder.timeout_for, exchanger=exchanger,
+                               span=_edge_span if tracing_exported() else None,
+                               route_upstreams=settings.route_upstreams())
+        built.update(audit=audit, openapi=openapi, grpc_proxy=grpc_proxy, forwarder=forwarder, routes=routes)
         return ServiceParts(
             title="MLP platform API",
             description="The public REST API of every platform service, through the gateway.",
@@ -137,18 +101,19 @@ def build_gateway(settings: GatewaySettings, *, verifier: TokenVerifier | None =
             grpc_registrars=[proxy_registrar(grpc_proxy)],
             probes={"redis": redis_probe},
             background=[audit.run, openapi.run],
-            on_shutdown=[forwarder.close, grpc_proxy.close, openapi.aclose, redis.aclose],
+            on_shutdown=[forwarder.close, routes.close, grpc_proxy.close, openapi.aclose, redis.aclose],
             rest_auth_middleware=guard_factory(deps, inner=lambda app: ProxyApp(app, forwarder)),
             grpc_auth_interceptor=GatewayAuthInterceptor(verifier, audit),
             collectors=[GatewayCollector(verifier, audit)],
+            fast_routes=routes,  # the edge takes the public port; the app sits behind it
+            fast_max_body_bytes=settings.gateway_max_body_bytes,
         )
 
     host = bootstrap.build_host(settings, MIGRATIONS_DIR, build, verifier=verifier)
     built["host"] = host
     host.app.openapi = built["openapi"].document  # type: ignore[method-assign]
-    built["edge"].config.metrics = host.http_metrics
     return Gateway(host=host, audit=built["audit"], openapi=built["openapi"],
-                   grpc_proxy=built["grpc_proxy"], forwarder=built["forwarder"], edge=built["edge"])
+                   grpc_proxy=built["grpc_proxy"], forwarder=built["forwarder"], routes=built["routes"])
 
 
 @contextlib.contextmanager
@@ -168,15 +133,6 @@ def _edge_span(name: str, headers: Headers) -> Iterator[None]:
         yield
 
 
-async def serve(gateway: Gateway, settings: GatewaySettings) -> None:
-    """Run the gateway until SIGINT/SIGTERM: edge, app, gRPC and background tasks."""
-    await gateway.start_http(settings.http_host, settings.http_port)
-    try:
-        await gateway.wait_http()
-    finally:
-        await gateway.stop_http()
-
-
 def _own_openapi(host: ServiceHost) -> dict[str, Any]:
     app = host.app
     return get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -186,7 +142,7 @@ def main() -> None:
     """Console entry point ``mlp-gateway``."""
     settings = GatewaySettings()
     setup_process(settings)
-    run_loop(serve(build_gateway(settings), settings))
+    build_gateway(settings).host.run()
 
 
 if __name__ == "__main__":

@@ -52,6 +52,14 @@ class GatewaySettings(CoreSettings):
     gateway_audit_queue_size: int = 10_000
     gateway_openapi_refresh_s: float = 300.0
 
+    gateway_upstream_feature_store_online: str = Field(
+        default="", description="base URL of the feature store's fast online-read port (its "
+        "MLP_FEATURE_STORE_ONLINE_PORT); empty: online reads go to MLP_GATEWAY_UPSTREAM_FEATURE_STORE")
+
+    def route_upstreams(self) -> dict[str, str]:
+        """Path pattern → base URL, for routes a service serves on another port (first match wins)."""
+        return {r"^/api/v1/feature-store/projects/[^/]+/online-features$": self.gateway_upstream_feature_store_online}
+
     def upstreams(self) -> dict[str, str]:
         """Service name → REST base URL."""
         return {name: getattr(self, f"gateway_upstream_{_env_key(name)}") for name in SERVICE_NAMES}

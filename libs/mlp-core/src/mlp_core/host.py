@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import shutil
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import grpc
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 Probe = Callable[[], Awaitable[None] | None]
 #: A long-running task started with the service; it must return when the event is set.
 BackgroundTask = Callable[[asyncio.Event], Awaitable[None]]
+if TYPE_CHECKING:
+    from mlp_core.edge import Edge, Router
+
 T = TypeVar("T")
 
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
@@ -62,6 +68,13 @@ class ServiceParts:
     grpc_auth_interceptor: grpc.aio.ServerInterceptor | None = None
     #: The service's own Prometheus collectors, registered on the host's registry (``/metrics``).
     collectors: Sequence[Collector] = ()
+    #: Hot routes answered by ``mlp_core.edge`` without the ASGI stack. With ``fast_port`` ``None`` the
+    #: edge takes the main HTTP port and passes every other request to the app on a private Unix
+    #: socket (the gateway). With a port, the app keeps the main port and the edge serves only these
+    #: routes on its own port (the feature store's online reads); 0 there means "not served".
+    fast_routes: Router | None = None
+    fast_port: int | None = None
+    fast_max_body_bytes: int = 10 * 1024 * 1024
 
 
 class ServiceHost:
@@ -82,6 +95,11 @@ class ServiceHost:
         self.grpc_server: GrpcServer | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.edge: Edge | None = None
+        self.fast_bound_port = 0
+        self._app_server: Any = None
+        self._app_task: asyncio.Task[None] | None = None
+        self._socket_dir = ""
         self.app = self._build_app()
 
     # ---------------------------------------------------------------- REST
@@ -198,13 +216,72 @@ class ServiceHost:
                 await result
 
     async def serve(self) -> None:
-        """Run REST (uvicorn) and gRPC until SIGINT/SIGTERM (in the running loop; see ``run``)."""
+        """Run REST (uvicorn, and the edge when the service has fast routes) and gRPC until SIGINT/SIGTERM
+        (in the running loop; see ``run``)."""
+        await self.start_http(self.settings.http_host, self.settings.http_port)
+        try:
+            await self.wait_http()
+        finally:
+            await self.stop_http()
+
+    async def start_http(self, host: str, port: int, *, lifespan: Literal["on", "off"] = "on") -> int:
+        """Start serving REST; returns the bound main port (``port=0`` picks a free one).
+
+        ``lifespan="off"`` when the caller runs ``start_background``/``stop_background`` itself (tests).
+        """
         import uvicorn
 
+        parts = self.parts
+        behind_edge = parts.fast_routes is not None and parts.fast_port is None
+        where: dict[str, Any] = {"host": host, "port": port}
+        if behind_edge:
+            self._socket_dir = tempfile.mkdtemp(prefix="mlp-app-")  # 0700: only this user reaches the app
+            where = {"uds": str(Path(self._socket_dir) / "app.sock")}
         # "auto" picks httptools when installed (uvicorn[standard]); the event loop is the caller's.
-        config = uvicorn.Config(self.app, host=self.settings.http_host, port=self.settings.http_port,
-                                log_config=None, access_log=False, lifespan="on", http="auto")
-        await uvicorn.Server(config).serve()
+        # Behind the edge the app trusts the edge's X-Forwarded-For (only the edge can reach the socket).
+        config = uvicorn.Config(self.app, **where, log_config=None, access_log=False, lifespan=lifespan,
+                                http="auto", proxy_headers=behind_edge, forwarded_allow_ips="*" if behind_edge else None)
+        server = uvicorn.Server(config)
+        self._app_server = server
+        self._app_task = asyncio.create_task(server.serve())
+        while not server.started:
+            if self._app_task.done():
+                self._app_task.result()
+                raise RuntimeError("the REST server stopped during start-up")
+            await asyncio.sleep(0.01)
+        bound = port if behind_edge else int(server.servers[0].sockets[0].getsockname()[1])
+        if parts.fast_routes is not None and (behind_edge or parts.fast_port):
+            from mlp_core.edge import Edge, EdgeConfig
+
+            self.edge = Edge(EdgeConfig(parts.fast_routes, fallback_uds=where.get("uds", ""),
+                                        service=self.settings.service_name, metrics=self.http_metrics,
+                                        max_body_bytes=parts.fast_max_body_bytes))
+            edge_port = await self.edge.start(host, port if behind_edge else int(parts.fast_port or 0))
+            if behind_edge:
+                bound = edge_port
+            else:
+                self.fast_bound_port = edge_port
+                log.info("fast routes listening", extra={"port": edge_port})
+        return bound
+
+    async def wait_http(self) -> None:
+        """Until the REST server exits (SIGINT/SIGTERM reach uvicorn's handlers)."""
+        if self._app_task is not None:
+            await self._app_task
+
+    async def stop_http(self) -> None:
+        """Close the edge, then the app server."""
+        if self.edge is not None:
+            await self.edge.close()
+            self.edge = None
+        if self._app_server is not None:
+            self._app_server.should_exit = True
+        if self._app_task is not None:
+            await self._app_task
+            self._app_task = None
+        if self._socket_dir:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = ""
 
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM on a fresh event loop: uvloop when installed, else asyncio."""
