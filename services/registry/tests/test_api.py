@@ -137,3 +137,26 @@ async def test_grpc_download_and_change_request(settings: RegistrySettings, test
     finally:
         await server.stop(None)
         db.dispose()
+
+
+def test_rest_register_version_idempotency_key(client: TestClient, test_issuer) -> None:  # type: ignore[no-untyped-def]
+    alice = _auth(test_issuer, "alice")
+    assert client.post(f"{API}/projects/fraud/models", headers=alice, json={"name": "scorer"}).status_code == 201
+    url = f"{API}/projects/fraud/models/scorer/versions"
+    body = {"files": [{"path": "model.onnx", "size": len(DATA), "sha256": hashlib.sha256(DATA).hexdigest()}],
+            "metrics": {"auc": 0.9}}
+    keyed = {**alice, "Idempotency-Key": "9b2f0c6e-retry"}
+    first = client.post(url, headers=keyed, json=body)
+    retry = client.post(url, headers=keyed, json=body)
+    assert first.status_code == retry.status_code == 201, retry.text
+    assert retry.json()["version"]["version"] == first.json()["version"]["version"] == 1
+    assert retry.json()["uploads"] == first.json()["uploads"]
+
+    clash = client.post(url, headers=keyed, json={**body, "metrics": {"auc": 0.95}})
+    assert clash.status_code == 409 and clash.headers["content-type"] == "application/problem+json"
+    assert "9b2f0c6e-retry" in clash.json()["detail"]
+    too_long = client.post(url, headers={**alice, "Idempotency-Key": "k" * 129}, json=body)
+    assert too_long.status_code == 422
+    fresh = client.post(url, headers={**alice, "Idempotency-Key": "another"}, json=body)
+    assert fresh.json()["version"]["version"] == 2
+    assert client.post(url, headers=alice, json=body).json()["version"]["version"] == 3

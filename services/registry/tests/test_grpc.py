@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator, Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from grpc.aio import _channel as grpc_aio_channel
 from registry_support import ALICE
 
 from mlp_core.broker import free_port
@@ -238,3 +241,112 @@ async def test_lineage_both_directions(server: Server) -> None:
                                                          direction=pb.LINEAGE_DIRECTION_DOWNSTREAM),
                                     metadata=s.md("eve", projects=("other",)))
     assert list(other.edges) == []
+
+
+async def test_register_version_honours_the_idempotency_key(server: Server) -> None:
+    s = server
+    request = _register_request()
+    request.idempotency_key = "run-7-attempt"
+    first = await s.stub.RegisterVersion(request, metadata=s.md())
+    retry = await s.stub.RegisterVersion(request, metadata=s.md())
+    assert (retry.version.version, [u.id for u in retry.uploads]) == (1, [u.id for u in first.uploads])
+    assert retry.version.state == pb.VERSION_STATE_PENDING_UPLOAD
+
+    changed = _register_request("sha256:" + "1" * 64)
+    changed.idempotency_key = "run-7-attempt"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await s.stub.RegisterVersion(changed, metadata=s.md())
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS and "run-7-attempt" in (err.value.details() or "")
+
+    other_caller = await s.stub.RegisterVersion(request, metadata=s.md("bob"))
+    no_key = await s.stub.RegisterVersion(_register_request(), metadata=s.md())
+    assert (other_caller.version.version, no_key.version.version) == (2, 3)
+    request.idempotency_key = "\x00"
+    assert await _code(s.stub.RegisterVersion(request, metadata=s.md())) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _stalling(upload_id: str, stop: asyncio.Event) -> AsyncIterator[pb.UploadArtifactRequest]:
+    """Two whole segments and a part of the third, then nothing (the stream stays open until ``stop``)."""
+    async def messages() -> AsyncIterator[pb.UploadArtifactRequest]:
+        for m in _upload_messages(upload_id, 0, DATA[:2 * SEG + 5000]):
+            yield m
+        await stop.wait()
+    return messages()
+
+
+async def _resume_promptly(s: Server, upload_id: str, within_s: float) -> tuple[int, pb.UploadSession, float]:
+    """Resume as a client would, retrying ABORTED; fails unless the session is free well within the lease TTL."""
+    started = time.monotonic()
+    while True:
+        session = await s.stub.GetUploadSession(pb.GetUploadSessionRequest(upload_id=upload_id), metadata=s.md())
+        try:
+            done = await s.stub.UploadArtifact(
+                iter(_upload_messages(upload_id, session.offset, DATA[session.offset:])), metadata=s.md())
+            return session.offset, done, time.monotonic() - started
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.ABORTED or time.monotonic() - started > within_s:
+                raise AssertionError(f"resume refused for {time.monotonic() - started:.1f} s: {exc.details()}"
+                                     ) from exc
+            await asyncio.sleep(0.05)
+
+
+async def _commit_and_verify(s: Server) -> None:
+    await s.stub.CommitVersion(pb.CommitVersionRequest(project="fraud", model="scorer", version=1), metadata=s.md())
+    parts = [m async for m in s.stub.DownloadArtifact(
+        pb.DownloadArtifactRequest(project="fraud", model="scorer", version=1), metadata=s.md())]
+    assert b"".join(p.chunk.data for p in parts[1:]) == DATA
+    report = await asyncio.to_thread(s.service.downloads.verify, ALICE, "fraud", "scorer", 1)
+    assert report["files"] == 1 and report["manifest_digest"], report
+
+
+@pytest.mark.parametrize("ending", ["cancel", "deadline", "disconnect"])
+async def test_a_stream_that_ends_abnormally_frees_the_session_at_once(server: Server, ending: str) -> None:
+    """The lease (60 s TTL) is released as soon as the stream ends, not when it lapses; whole segments stay."""
+    s = server
+    draft = await s.stub.RegisterVersion(_register_request(), metadata=s.md())
+    upload_id = draft.uploads[0].id
+    stop = asyncio.Event()
+    # A plain channel: the process-wide OpenTelemetry client interceptor swallows cancel() (see the next test).
+    channel = grpc_aio_channel.insecure_channel(s.target)
+    call = pb_grpc.RegistryServiceStub(channel).UploadArtifact(
+        _stalling(upload_id, stop), metadata=s.md(), timeout=1.0 if ending == "deadline" else None)
+    try:
+        for _ in range(100):  # until the server has taken the lease and is writing
+            if (s.artifact_dir / "staging" / upload_id).exists():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        if ending == "cancel":
+            assert call.cancel()
+        elif ending == "deadline":
+            assert await _code(call) == grpc.StatusCode.DEADLINE_EXCEEDED
+        else:
+            await channel.close()
+        offset, done, waited = await _resume_promptly(s, upload_id, within_s=5.0)
+    finally:
+        stop.set()
+        await channel.close()
+    assert offset == 2 * SEG, "the whole segments of the cut stream are durable; the partial one is not"
+    assert done.state == pb.UPLOAD_STATE_COMPLETE and waited < 5.0
+    await _commit_and_verify(s)
+
+
+async def test_a_silent_stream_is_ended_after_the_idle_timeout(server: Server) -> None:
+    """A client whose cancel never reaches the server (an instrumented grpc.aio client) leaves the stream open
+    and silent: the server ends it after the idle timeout, keeps the whole segments and frees the session."""
+    s = server
+    s.service.uploads.stream_idle_timeout = timedelta(seconds=1)
+    draft = await s.stub.RegisterVersion(_register_request(), metadata=s.md())
+    upload_id = draft.uploads[0].id
+    stop = asyncio.Event()
+    call = s.stub.UploadArtifact(_stalling(upload_id, stop), metadata=s.md())
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(call, 10)
+        assert err.value.code() == grpc.StatusCode.ABORTED
+        assert f"{2 * SEG} bytes are durable" in (err.value.details() or "")
+        offset, done, waited = await _resume_promptly(s, upload_id, within_s=2.0)
+    finally:
+        stop.set()
+    assert offset == 2 * SEG and done.state == pb.UPLOAD_STATE_COMPLETE and waited < 2.0
+    await _commit_and_verify(s)

@@ -54,6 +54,7 @@ def build_service(settings: RegistrySettings, db: Database) -> RegistryService:
     )
     service = RegistryService(ctx)
     service.housekeeping.upload_ttl = timedelta(seconds=settings.registry_upload_ttl_s)
+    service.uploads.stream_idle_timeout = timedelta(seconds=settings.registry_upload_idle_timeout_s)
     service.downloads.public_keys()  # publish the current signing key at start-up
     return service
 

@@ -26,6 +26,8 @@ class RegistrySettings(CoreSettings):
     registry_protected_aliases: list[str] = Field(default_factory=lambda: ["production"])
     registry_change_request_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     registry_upload_ttl_s: int = Field(default=2 * 24 * 3600, gt=0)
+    registry_upload_idle_timeout_s: float = Field(
+        default=20.0, gt=0, lt=60, description="end an upload stream that sends nothing this long (resume later)")
     registry_segment_size: int = Field(default=1 << 20, ge=4096, le=64 << 20)
     registry_housekeeping_interval_s: float = Field(default=300.0, gt=0)
 

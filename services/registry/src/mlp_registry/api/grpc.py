@@ -16,12 +16,13 @@ import anyio.to_thread
 import grpc
 
 from mlp_core.auth import current_principal
-from mlp_core.errors import InvalidArgument, NotFound
+from mlp_core.errors import Conflict, InvalidArgument, NotFound
 from mlp_protos.mlp.registry.v1 import registry_pb2 as pb
 from mlp_protos.mlp.registry.v1 import registry_pb2_grpc as pb_grpc
 from mlp_registry.api import grpc_converters as conv
 from mlp_registry.api.grpc_streams import ChunkBridge
 from mlp_registry.domain.errors import IntegrityCheckFailed
+from mlp_registry.domain.models import UploadState
 from mlp_registry.domain.service import RegistryService
 
 T = TypeVar("T")
@@ -134,10 +135,15 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     async def RegisterVersion(self, request: pb.RegisterVersionRequest,
                               context: grpc.aio.ServicerContext) -> pb.RegisterVersionResponse:
-        """Start a version: declared files in, one upload session per file out."""
+        """Start a version: declared files in, one upload session per file out.
+
+        With ``idempotency_key``, a retry returns the same version and sessions (ALREADY_EXISTS when
+        the key was used for a different request).
+        """
         p, draft = current_principal(), conv.draft_from_pb(request)
         project, name = request.version.project, request.version.model
-        version, uploads = await _call(self.service.uploads.create_draft, p, project, name, draft)
+        version, uploads = await _call(self.service.uploads.create_draft, p, project, name, draft,
+                                       request.idempotency_key or None)
         model = await _call(self.service.catalog.get_model, p, project, name)
         return pb.RegisterVersionResponse(version=conv.version_pb(model, version, [], []),
                                           uploads=[conv.upload_pb(u) for u in uploads])
@@ -147,7 +153,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         """Append the streamed bytes to one session; returns the durable offset (or completion).
 
         The domain write runs in a worker thread fed through a bounded bridge. If the client goes
-        away, the bridge is closed and the worker still makes its whole segments durable.
+        away (cancel, deadline, disconnect: the request stream ends), the bridge is closed and the
+        worker still makes its whole segments durable and releases the session's lease. A stream that
+        stays open but sends nothing for ``stream_idle_timeout`` is ended the same way and answered
+        ABORTED with the offset to resume from (some clients' cancel never reaches the server).
         """
         p = current_principal()
         stream = aiter(request_iterator)
@@ -164,16 +173,27 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                                              first.start.offset, bridge.chunks()))
         worker.add_done_callback(lambda _: bridge.abandon())
         worker.add_done_callback(_observe)
+        idle_s = self.service.uploads.stream_idle_timeout.total_seconds()
+        idle = False
         try:
-            async for message in stream:
-                if worker.done():
-                    break
-                if message.WhichOneof("part") != "data":
-                    raise InvalidArgument("after `start`, every UploadArtifact message must carry `data`")
-                await bridge.put(message.data)
+            async with asyncio.timeout_at(loop.time() + idle_s) as waiting:  # only while waiting for the client
+                async for message in stream:
+                    waiting.reschedule(None)
+                    if worker.done():
+                        break
+                    if message.WhichOneof("part") != "data":
+                        raise InvalidArgument("after `start`, every UploadArtifact message must carry `data`")
+                    await bridge.put(message.data)
+                    waiting.reschedule(loop.time() + idle_s)
+        except TimeoutError:
+            idle = True
         finally:
             bridge.close()
-        return conv.upload_pb(await worker)
+        session = await worker
+        if idle and session.state is not UploadState.COMPLETE:
+            raise Conflict(f"upload {session.id}: no data for {idle_s:g} s, the stream was ended; "
+                           f"{session.offset} bytes are durable, resume from there")
+        return conv.upload_pb(session)
 
     async def GetUploadSession(self, request: pb.GetUploadSessionRequest,
                                context: grpc.aio.ServicerContext) -> pb.UploadSession:

@@ -16,12 +16,12 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from mlp_core.auth import CurrentPrincipal, Principal, require_scope
-from mlp_core.errors import InvalidArgument
+from mlp_core.errors import Conflict, InvalidArgument
 from mlp_registry.api import converters as conv
 from mlp_registry.api import schemas as s
 from mlp_registry.api.rest_releases import add_release_routes
 from mlp_registry.domain.catalog import MetadataUpdate
-from mlp_registry.domain.models import FileSpec
+from mlp_registry.domain.models import FileSpec, UploadState
 from mlp_registry.domain.service import RegistryService
 from mlp_registry.domain.uploads import VersionDraft
 
@@ -74,13 +74,17 @@ def build_router(service: RegistryService) -> APIRouter:
 
     @router.post(model_path + "/versions", response_model=s.DraftRead, status_code=status.HTTP_201_CREATED,
                  summary="Start a version: declare files, get upload sessions")
-    def create_version(project: str, name: str, body: s.VersionCreate, principal: Writer) -> s.DraftRead:
+    def create_version(project: str, name: str, body: s.VersionCreate, principal: Writer,
+                       idempotency_key: Annotated[str | None, Header(
+                           alias="Idempotency-Key", max_length=128,
+                           description="a retry with the same key returns the same draft (409 if the body "
+                                       "differs)")] = None) -> s.DraftRead:
         draft = VersionDraft(
             files=[FileSpec(f.path, f.size, f.sha256) for f in body.files], framework=body.framework,
             metrics=body.metrics, params=body.params, input_schema=body.input_schema,
             output_schema=body.output_schema, model_card=body.model_card, attributes=body.attributes,
             lineage=conv.lineage_from(body.lineage), description=body.description, tags=body.tags)
-        version, uploads = service.uploads.create_draft(principal, project, name, draft)
+        version, uploads = service.uploads.create_draft(principal, project, name, draft, idempotency_key)
         model = service.catalog.get_model(principal, project, name)
         return s.DraftRead(version=conv.version_read(model, version),
                            uploads=[conv.upload_read(u) for u in uploads])
@@ -172,9 +176,14 @@ def build_router(service: RegistryService) -> APIRouter:
                 summary="Append bytes at Upload-Offset (streamed; resumable)")
     async def put_upload(upload_id: str, request: Request, principal: Writer, response: Response,
                          upload_offset: Annotated[int, Header(ge=0)] = 0) -> s.UploadRead:
-        chunks = _sync_body(request.stream())
+        idle_s = service.uploads.stream_idle_timeout.total_seconds()
+        body = _SyncBody(request.stream(), idle_s)
         upload = await anyio.to_thread.run_sync(
-            lambda: service.uploads.write(principal, upload_id, upload_offset, chunks))
+            lambda: service.uploads.write(principal, upload_id, upload_offset, body.chunks()))
+        if body.idle and upload.state is not UploadState.COMPLETE:
+            raise Conflict(f"upload {upload_id}: no body bytes for {idle_s:g} s, the request was ended; "
+                           f"{upload.offset} bytes are durable, resume from there",
+                           headers={"Upload-Offset": str(upload.offset)})
         response.headers["Upload-Offset"] = str(upload.offset)
         return conv.upload_read(upload)
 
@@ -198,15 +207,31 @@ def build_router(service: RegistryService) -> APIRouter:
     return router
 
 
-def _sync_body(stream: AsyncIterator[bytes]) -> Iterator[bytes]:
-    """The request body as a blocking iterator for a worker thread; a client that goes away ends it."""
-    async def next_chunk() -> bytes:
-        return await stream.__anext__()
+class _SyncBody:
+    """The request body as a blocking iterator for a worker thread.
 
-    while True:
-        try:
-            chunk: bytes = anyio.from_thread.run(next_chunk)
-        except (StopAsyncIteration, ClientDisconnect):
-            return
-        if chunk:
-            yield chunk
+    A client that goes away ends it (the worker keeps the whole segments and releases the lease);
+    so does a body that sends nothing for ``idle_s`` (then ``idle`` is set).
+    """
+
+    def __init__(self, stream: AsyncIterator[bytes], idle_s: float) -> None:
+        self._stream = stream
+        self._idle_s = idle_s
+        self.idle = False
+
+    async def _next(self) -> bytes:
+        with anyio.fail_after(self._idle_s):
+            return await self._stream.__anext__()
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body's chunks (worker-thread side)."""
+        while True:
+            try:
+                chunk: bytes = anyio.from_thread.run(self._next)
+            except (StopAsyncIteration, ClientDisconnect):
+                return
+            except TimeoutError:
+                self.idle = True
+                return
+            if chunk:
+                yield chunk

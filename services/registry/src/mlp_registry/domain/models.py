@@ -140,6 +140,25 @@ class UploadSession:
     lease_until: datetime | None = None
 
 
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """A client's idempotency key, remembered with what the first request asked for and what it created.
+
+    Scoped per operation, model and caller: the same key from another caller or for another model
+    is a different key.
+    """
+
+    operation: str
+    model_id: str
+    caller: str
+    key: str
+    #: SHA-256 (hex) of the canonical form of the first request; a retry must match it.
+    request_digest: str
+    #: The object the first request created (e.g. the version id).
+    object_id: str
+    created_at: datetime
+
+
 @dataclass
 class MetadataRevision:
     """One saved state of the mutable metadata (description, tags) of a model or a version."""

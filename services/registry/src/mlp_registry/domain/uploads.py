@@ -10,6 +10,7 @@ carries a wrong digest or is aborted never shows up as a registered version.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 import uuid
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from mlp_core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from mlp_core.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound
 from mlp_registry.crypto.aead import (
     TAG_SIZE,
     SegmentCipher,
@@ -34,11 +35,12 @@ from mlp_registry.crypto.signing import manifest_digest
 from mlp_registry.domain import validation
 from mlp_registry.domain.caller import WRITE, Caller, require
 from mlp_registry.domain.context import RegistryContext, load_model, load_version, record, subject_of
-from mlp_registry.domain.errors import IntegrityCheckFailed
+from mlp_registry.domain.errors import IdempotencyKeyTaken, IntegrityCheckFailed
 from mlp_registry.domain.manifest import build_manifest
 from mlp_registry.domain.models import (
     ArtifactFile,
     FileSpec,
+    IdempotencyRecord,
     Lineage,
     Model,
     ModelVersion,
@@ -50,6 +52,8 @@ from mlp_registry.domain.upload_pipeline import BackgroundHasher, segments
 from mlp_registry.store.base import MetadataTx
 
 DRAFT = frozenset({VersionState.DRAFT})
+#: The operation name idempotency keys of ``create_draft`` are recorded under.
+REGISTER_VERSION = "register-version"
 
 
 @dataclass
@@ -67,6 +71,14 @@ class VersionDraft:
     lineage: Lineage = field(default_factory=Lineage)
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+
+
+def request_digest(draft: VersionDraft) -> str:
+    """SHA-256 of a draft's canonical JSON (files in path order): what an idempotent retry must repeat."""
+    body = asdict(draft)
+    body["files"] = sorted(body["files"], key=lambda f: f["path"])
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def object_key(file_sha256: str, binding: bytes) -> str:
@@ -107,25 +119,80 @@ class _Lease:
 class VersionUploads:
     """Drafts, resumable file uploads and the commit that registers a signed version."""
 
-    def __init__(self, ctx: RegistryContext, lease_ttl: timedelta = timedelta(seconds=60)) -> None:
+    def __init__(self, ctx: RegistryContext, lease_ttl: timedelta = timedelta(seconds=60),
+                 stream_idle_timeout: timedelta = timedelta(seconds=20)) -> None:
         self.ctx = ctx
         self.lease_ttl = lease_ttl
+        #: The edges end an upload stream that sends nothing for this long (kept below ``lease_ttl``):
+        #: its whole segments stay durable and its lease is released, so a client whose stream went
+        #: silent (e.g. a cancel that never reached the server) can resume without waiting for the lease.
+        self.stream_idle_timeout = stream_idle_timeout
         self._hashes = _HashCheckpoints()
 
     def create_draft(self, caller: Caller, project: str, model_name: str, draft: VersionDraft,
-                     ) -> tuple[ModelVersion, list[UploadSession]]:
-        """Reserve the next version number and open one upload session per declared file."""
+                     idempotency_key: str | None = None) -> tuple[ModelVersion, list[UploadSession]]:
+        """Reserve the next version number and open one upload session per declared file.
+
+        With an ``idempotency_key``, a retry by the same caller for the same model returns the
+        version the first request created (as it is now, uploads with their current offsets) and
+        creates nothing; the same key with a different draft is refused with ``AlreadyExists``.
+        Concurrent first uses of a key create one version (unique key row, the loser replays).
+        """
         require(caller, WRITE)
+        key = validation.idempotency_key(idempotency_key)
         validation.files(draft.files)
         metrics = validation.metrics(draft.metrics)
         tags = validation.tags(draft.tags)
         if not draft.framework or len(draft.framework) > 64:
             raise InvalidArgument("framework must be 1-64 characters, e.g. 'onnx' or 'pytorch'")
-        now = self.ctx.clock()
+        digest = request_digest(draft) if key else ""
+        if key:
+            replay = self._replay(caller, project, model_name, key, digest, draft)
+            if replay is not None:
+                return replay
+        try:
+            return self._insert_draft(caller, project, model_name, draft, metrics, tags, key, digest)
+        except IdempotencyKeyTaken:
+            # A concurrent request with the same key committed first: answer with its version.
+            assert key is not None
+            replay = self._replay(caller, project, model_name, key, digest, draft)
+            if replay is None:  # pragma: no cover - the winner's row is committed before we fail
+                raise Conflict("a request with the same idempotency key is in progress; retry") from None
+            return replay
+
+    def _replay(self, caller: Caller, project: str, model_name: str, key: str, digest: str,
+                draft: VersionDraft) -> tuple[ModelVersion, list[UploadSession]] | None:
+        """What the first request with ``key`` created, or None when the key is new."""
         with self.ctx.store.transaction() as tx:
             model = load_model(tx, caller, project, model_name)
+            found = tx.get_idempotency_key(REGISTER_VERSION, model.id, caller.subject, key)
+            if found is None:
+                return None
+            if found.request_digest != digest:
+                raise AlreadyExists(
+                    f"idempotency key {key!r} was already used to register a different version of "
+                    f"'{project}/{model_name}' (other files or metadata); use a new key for a new version")
+            version = tx.get_version_by_id(found.object_id)
+            if version is None:  # pragma: no cover - versions are never deleted, only marked
+                raise NotFound(f"the version registered with idempotency key {key!r} no longer exists")
+            by_path = {u.path: u for u in tx.list_uploads(version.id)}
+        order = [s.path for s in draft.files]  # same order as the first answer, whatever the retry's order
+        return version, [by_path[p] for p in order if p in by_path]
+
+    def _insert_draft(self, caller: Caller, project: str, model_name: str, draft: VersionDraft,
+                      metrics: dict[str, Any], tags: dict[str, str], key: str | None, digest: str,
+                      ) -> tuple[ModelVersion, list[UploadSession]]:
+        now = self.ctx.clock()
+        version_id = str(uuid.uuid4())
+        with self.ctx.store.transaction() as tx:
+            model = load_model(tx, caller, project, model_name)
+            if key:
+                # First write of the transaction: a concurrent twin waits here and then fails.
+                tx.claim_idempotency_key(IdempotencyRecord(
+                    operation=REGISTER_VERSION, model_id=model.id, caller=caller.subject, key=key,
+                    request_digest=digest, object_id=version_id, created_at=now))
             version = ModelVersion(
-                id=str(uuid.uuid4()), model_id=model.id, number=tx.next_version_number(model.id),
+                id=version_id, model_id=model.id, number=tx.next_version_number(model.id),
                 state=VersionState.DRAFT, framework=draft.framework, metrics=metrics, params=draft.params,
                 input_schema=draft.input_schema, output_schema=draft.output_schema, model_card=draft.model_card,
                 attributes=draft.attributes, lineage=draft.lineage, description=draft.description, tags=tags,

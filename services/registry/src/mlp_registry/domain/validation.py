@@ -13,6 +13,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 _ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _PATH_PART = re.compile(r"^[A-Za-z0-9._+-]+$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,128}$")
 MAX_FILES = 10_000
 MAX_FILE_SIZE = 1 << 40
 
@@ -30,6 +31,16 @@ def alias(value: str) -> str:
     if not isinstance(value, str) or not _ALIAS.match(value):
         raise InvalidArgument(f"alias {value!r} is invalid: use 1-64 lowercase letters, digits, '_' or '-', "
                               "starting with a letter")
+    return value
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """A client's idempotency key: 1-128 printable ASCII characters; empty or None means no key."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _IDEMPOTENCY_KEY.match(value) or value != value.strip():
+        raise InvalidArgument("idempotency key is invalid: use 1-128 printable ASCII characters without "
+                              "leading or trailing spaces (a UUID is a good choice)")
     return value
 
 

@@ -15,6 +15,7 @@ from mlp_registry.domain.models import (
     AuditRecord,
     ChangeRequest,
     ChangeState,
+    IdempotencyRecord,
     Lineage,
     MetadataRevision,
     Model,
@@ -186,6 +187,19 @@ class MetadataTx(ABC):
     @abstractmethod
     def release_upload_lease(self, upload_id: str, lease_id: str) -> None:
         """Drop a lease if this writer still holds it."""
+
+    # idempotency keys
+    @abstractmethod
+    def claim_idempotency_key(self, record: IdempotencyRecord) -> None:
+        """Record a key; ``IdempotencyKeyTaken`` when it is already recorded (unique in the database).
+
+        Concurrent claims of one key serialise on the unique constraint: the second waits for the
+        first transaction and fails once it commits. After the error the transaction is unusable.
+        """
+
+    @abstractmethod
+    def get_idempotency_key(self, operation: str, model_id: str, caller: str, key: str) -> IdempotencyRecord | None:
+        """A recorded key, or None."""
 
     @abstractmethod
     def list_uploads(self, version_id: str) -> list[UploadSession]:

@@ -16,8 +16,10 @@ from sqlalchemy.orm import Session
 from mlp_core.db import Database
 from mlp_core.errors import AlreadyExists, Conflict
 from mlp_core.events.outbox import Outbox
+from mlp_registry.domain.errors import IdempotencyKeyTaken
 from mlp_registry.domain.models import (
     ArtifactFile,
+    IdempotencyRecord,
     Lineage,
     MetadataRevision,
     Model,
@@ -212,6 +214,26 @@ class SqlMetadataTx(ReleaseQueries, MetadataTx):
         """Drop the lease if it is still ours."""
         self.session.execute(update(t.uploads).where(
             t.uploads.c.id == upload_id, t.uploads.c.lease_id == lease_id).values(lease_id=None, lease_until=None))
+
+    # idempotency keys ---------------------------------------------------------------------
+    def claim_idempotency_key(self, record: IdempotencyRecord) -> None:
+        """Insert the key row; the primary key makes a second (or concurrent) insert fail."""
+        try:
+            self.session.execute(insert(t.idempotency_keys).values(asdict(record)))
+        except IntegrityError:
+            raise IdempotencyKeyTaken(record.key) from None
+
+    def get_idempotency_key(self, operation: str, model_id: str, caller: str, key: str) -> IdempotencyRecord | None:
+        """A recorded key, or None."""
+        c = t.idempotency_keys.c
+        row = self.session.execute(select(t.idempotency_keys).where(
+            c.operation == operation, c.model_id == model_id, c.caller == caller, c.key == key)).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return IdempotencyRecord(operation=m["operation"], model_id=m["model_id"], caller=m["caller"], key=m["key"],
+                                 request_digest=m["request_digest"], object_id=m["object_id"],
+                                 created_at=mapping.utc(m["created_at"]))
 
     def list_uploads(self, version_id: str) -> list[UploadSession]:
         """Upload sessions of a version by path."""

@@ -101,6 +101,19 @@ uploads = Table(
     Column("lease_until", TS, nullable=True),
 )
 
+#: Idempotency keys of requests that create objects (RegisterVersion); the primary key is the
+#: scope (operation, model, caller, key), so concurrent first uses of one key cannot both insert.
+idempotency_keys = Table(
+    "registry_idempotency_keys", metadata,
+    Column("operation", String(32), primary_key=True),
+    Column("model_id", String(36), ForeignKey("registry_models.id"), primary_key=True),
+    Column("caller", String(256), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("request_digest", String(64), nullable=False),
+    Column("object_id", String(36), nullable=False),
+    Column("created_at", TS, nullable=False),
+)
+
 lineage = Table(
     "registry_lineage", metadata,
     Column("version_id", String(36), ForeignKey("registry_versions.id"), primary_key=True),
