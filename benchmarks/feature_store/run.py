@@ -136,7 +136,7 @@ def _check_grpc(bench: data.Bench, token: str, grpc_port: int, request: Any, n: 
 
 
 def _native_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int, entities: int,
-                  seconds: float, pid: int) -> list[Cell]:
+                  seconds: float, pid: int, fast_port: int) -> list[Cell]:
     """gRPC cells with h2load (concurrency 16 = 1 connection x 16 streams, like one client channel),
     REST cells with wrk (concurrency 16 = 16 keep-alive connections); server CPU per request from /proc."""
     from grpc_health.v1 import health_pb2
@@ -154,6 +154,7 @@ def _native_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int,
 
     grpc_cell("gRPC health check (floor)", 0, HEALTH_METHOD, health_pb2.HealthCheckRequest().SerializeToString())
     url = f"http://127.0.0.1:{http_port}/api/v1/feature-store/projects/{bench.project}/online-features"
+    fast_url = f"http://127.0.0.1:{fast_port}/api/v1/feature-store/projects/{bench.project}/online-features"
     for n in (1, 100):
         request = _grpc_request(bench, _ids(1, n, entities))
         _check_grpc(bench, token, grpc_port, request, n)
@@ -164,11 +165,12 @@ def _native_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int,
             grpc_cell("gRPC, per-column statuses", n, GRPC_METHOD, request.SerializeToString())
         bodies = [json.dumps({"features": bench.feature_refs, "entities": {"user_id": _ids(i, n, entities)}})
                   for i in range(64)]
-        for conc in (1, 16):
-            native.wrk_post(url, bodies, token, connections=conc, seconds=0.5, warmup=0)
-            cpu = _cpu_s(pid)
-            stats = native.wrk_post(url, bodies, token, connections=conc, seconds=seconds, warmup=0)
-            out.append(Cell("REST", n, conc, stats, (_cpu_s(pid) - cpu) / stats.n * 1e6))
+        for label, target in (("REST", url), ("REST, fast port", fast_url)):
+            for conc in (1, 16):
+                native.wrk_post(target, bodies, token, connections=conc, seconds=0.5, warmup=0)
+                cpu = _cpu_s(pid)
+                stats = native.wrk_post(target, bodies, token, connections=conc, seconds=seconds, warmup=0)
+                out.append(Cell(label, n, conc, stats, (_cpu_s(pid) - cpu) / stats.n * 1e6))
         out.append(_raw_cell(bench, n, entities, seconds))
     return out
 
@@ -179,10 +181,11 @@ def online(bench: data.Bench, entities: int, seconds: float, client: str) -> lis
 
     loaded = data.load_online(bench, entities)
     issuer = TestIssuer().start()
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port, fast_port = free_port(), free_port(), free_port()
     proc = load.start_server({
         "MLP_DATABASE_URL": bench.db_url, "MLP_REDIS_URL": bench.redis_url, "MLP_OIDC_ISSUER": issuer.issuer,
         "MLP_OIDC_AUDIENCE": "mlp", "MLP_GRPC_PORT": str(grpc_port), "MLP_HTTP_PORT": str(http_port),
+        "MLP_FEATURE_STORE_ONLINE_PORT": str(fast_port),
         "MLP_HTTP_HOST": "127.0.0.1", "MLP_KAFKA_BOOTSTRAP_SERVERS": "", "MLP_LOG_LEVEL": "WARNING",
         "MLP_OTLP_ENDPOINT": ""})
     try:
@@ -190,7 +193,7 @@ def online(bench: data.Bench, entities: int, seconds: float, client: str) -> lis
         # valid for the whole run (the verifier caches a verified token until its exp at the latest)
         token = issuer.mint(scope="features:read", projects=[bench.project], lifetime_s=3000)
         if client == "native":
-            cells = _native_cells(bench, token, grpc_port, http_port, entities, seconds, proc.pid)
+            cells = _native_cells(bench, token, grpc_port, http_port, entities, seconds, proc.pid, fast_port)
         else:
             cells = asyncio.run(_python_cells(bench, token, grpc_port, http_port, entities, seconds, proc.pid))
     finally:

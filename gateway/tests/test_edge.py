@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from gateway_support import RunningGateway, bearer, gateway_settings, running_gateway
 
-from mlp_core.testing.tokens import TestIssuer
 from mlp_core import edge
+from mlp_core.testing.tokens import TestIssuer
 
 
 def _port(gateway: RunningGateway) -> int:
@@ -232,3 +232,36 @@ async def test_a_slow_body_may_take_longer_than_the_head_limit_but_not_stall(
     async with _connect(gateway) as (reader, writer):
         writer.write(head + body[:70_000])  # and then nothing more
         assert await _closed(reader)
+
+
+async def test_online_reads_go_to_the_feature_stores_fast_port(
+        tmp_path: Path, pg_url: str, redis_url: str, test_issuer: TestIssuer, service) -> None:
+    seen: list[bytes] = []
+
+    async def online_port(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        seen.append(head.split(b"\r\n")[0] + b" " + await reader.readexactly(length))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 13\r\n\r\n"
+                     b'{"fast":true}')
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(online_port, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = gateway_settings(tmp_path, pg_url, redis_url, test_issuer.issuer, service,
+                                gateway_upstream_feature_store_online=f"http://127.0.0.1:{port}")
+    try:
+        async with running_gateway(settings, test_issuer) as gw:
+            token = test_issuer.mint(scope="features:read")
+            reply = await gw.client.post("/api/v1/feature-store/projects/p1/online-features",
+                                         headers=bearer(token), json={"features": ["v:f"]})
+            assert reply.status_code == 200 and reply.json() == {"fast": True}
+            assert seen == [b'POST /api/v1/feature-store/projects/p1/online-features HTTP/1.1 {"features":["v:f"]}']
+            # everything else of the feature store still goes to its main port
+            assert (await gw.client.get("/api/v1/feature-store/whoami", headers=bearer(token))).json()[
+                "service"] == "feature-store"
+            assert len(seen) == 1
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -36,6 +36,8 @@ def _rule(methods: str, pattern: str, scope: str) -> Rule:
 REST_RULES: tuple[Rule, ...] = (
     _rule("read", r"^/api/v1/[a-z-]+/whoami$", AUTHENTICATED),
     _rule("read", r"^/api/v1/feature-store(/.*)?$", "features:read"),
+    # reads that carry their entities in a POST body
+    _rule("any", r"^/api/v1/feature-store/projects/[^/]+/(online|historical)-features$", "features:read"),
     _rule("write", r"^/api/v1/feature-store(/.*)?$", "features:write"),
     _rule("any", r"^/api/v1/training(/.*)?$", "training:run"),
     _rule("write", r"^/api/v1/registry/(.*/)?change-requests/[^/]+/(approve|reject)$", "registry:approve"),

@@ -20,6 +20,7 @@ from rich.table import Table
 from mlp_cli.procs import ProcessTable
 from mlp_cli.topology import (
     FALLBACK_REDIS_PORT,
+    FEATURE_STORE_ONLINE_PORT,
     GATEWAY,
     ISSUER_PORT,
     KAFKA_PORT,
@@ -221,6 +222,8 @@ class Launcher:
         }
         if spec is GATEWAY:
             env |= upstream_env()
+        if spec.name == "feature-store":
+            env["MLP_FEATURE_STORE_ONLINE_PORT"] = str(FEATURE_STORE_ONLINE_PORT)
         if spec.name == "feature-store" and "MLP_FEATURE_STORE_REGION_DATABASES" not in os.environ:
             # a second residency region with its own offline store, to show residency on one laptop
             uae_db = f"sqlite:///{self.state_dir / 'feature-store-uae.db'}"

@@ -22,6 +22,8 @@ class ServiceSpec:
 
 
 ISSUER_PORT = 8080
+#: The feature store's fast port for online reads (``MLP_FEATURE_STORE_ONLINE_PORT``).
+FEATURE_STORE_ONLINE_PORT = 8112
 KAFKA_PORT = 9092
 FALLBACK_REDIS_PORT = 6380
 
@@ -43,4 +45,5 @@ def upstream_env() -> dict[str, str]:
         key = spec.name.upper().replace("-", "_")
         env[f"MLP_GATEWAY_UPSTREAM_{key}"] = spec.base_url
         env[f"MLP_GATEWAY_GRPC_UPSTREAM_{key}"] = f"127.0.0.1:{spec.grpc_port}"
+    env["MLP_GATEWAY_UPSTREAM_FEATURE_STORE_ONLINE"] = f"http://127.0.0.1:{FEATURE_STORE_ONLINE_PORT}"
     return env

@@ -23,6 +23,9 @@ class FeatureStoreSettings(CoreSettings):
                                        "applies become visible within this time)")
     feature_store_push_topic: str = Field(
         default="mlp.feature-store.features-pushed", description="Kafka topic of push-ingestion events")
+    feature_store_online_port: int = Field(
+        default=0, ge=0, le=65535, description="serve POST .../online-features also on this port, without the "
+        "ASGI stack (same checks and answers; 0: only on the main port)")
     feature_store_consumers: bool = Field(
         default=True, description="run the Kafka consumers (push ingestion, lineage) when Kafka is configured")
 

@@ -1,0 +1,109 @@
+"""Online reads over REST on the feature store's fast port (``MLP_FEATURE_STORE_ONLINE_PORT``).
+
+The same request, checks and answer as ``POST /api/v1/feature-store/projects/{project}/online-features``
+on the app (same body model, token checks, domain call, JSON and problem+json), served by
+``mlp_core.edge`` without the ASGI stack: the hot path of enterprise apps that read features per
+prediction. Every other path on that port is a 404 problem; the app's port serves the whole API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import orjson
+from opentelemetry import context as otel_context
+from pydantic import ValidationError
+
+from mlp_core.auth import AuthMiddleware, TokenVerifier
+from mlp_core.auth.principal import reset_current_principal, set_current_principal
+from mlp_core.edge import Connection, Handler, Request, response_head
+from mlp_core.errors import DomainError
+from mlp_core.telemetry import current_trace_id, incoming_context
+from mlp_feature_store.api.rest_io import OnlineIn, online_json
+from mlp_feature_store.domain.service import FeatureStoreService
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1/feature-store/projects/"
+SUFFIX = "/online-features"
+TEMPLATE = PREFIX + "{project}" + SUFFIX
+_TRACE_KEYS = frozenset({b"traceparent", b"tracestate", b"baggage"})
+_JSON = [(b"content-type", b"application/json")]
+
+
+class RequestInvalid(DomainError):
+    """The body does not match the schema (FastAPI's 422 ``validation-error`` problem, same shape)."""
+
+    status, title, slug = 422, "Request validation failed", "validation-error"
+
+
+class Unexpected(DomainError):
+    """Anything else: logged, and answered without details."""
+
+
+class OnlineRoutes:
+    """The fast port's router: only ``POST …/projects/{project}/online-features``."""
+
+    def __init__(self, service: FeatureStoreService, verifier: TokenVerifier) -> None:
+        self.service = service
+        self.auth = AuthMiddleware(None, verifier)  # type: ignore[arg-type]  # its checks, not its ASGI part
+        self._route: tuple[Handler, str] = (self.handle, TEMPLATE)
+
+    def __call__(self, method: str, path: str) -> tuple[Handler, str] | None:
+        if method == "POST" and path.startswith(PREFIX) and path.endswith(SUFFIX):
+            project = path[len(PREFIX):-len(SUFFIX)]
+            if project and "/" not in project:
+                return self._route
+        return None
+
+    async def handle(self, request: Request, conn: Connection) -> int:
+        """Authenticate, validate, read, answer; every failure is problem+json."""
+        path = request.path
+        project = path[len(PREFIX):-len(SUFFIX)]
+        carrier = {k.decode(): v for k, v in request.headers if k in _TRACE_KEYS}
+        context_token = otel_context.attach(incoming_context(carrier))
+        principal_token = None
+        try:
+            if request.refused is not None:
+                raise request.refused
+            scope: dict[str, Any] = {"type": "http", "path": path, "query_string": request.query,
+                                     "headers": request.headers}
+            principal = await self.auth._authenticate(scope)
+            principal_token = set_current_principal(principal)
+            body = _parse(request.body_bytes())
+            result = await self.service.retrieval.online_async(
+                principal, project, body.entities, features=body.features, feature_service=body.feature_service,
+                max_staleness_s=body.max_staleness_s)
+            payload = orjson.dumps(online_json(result))
+            conn.send(response_head(200, _JSON, length=len(payload), close=not request.keep) + payload)
+            return 200
+        except DomainError as exc:
+            return conn.problem(exc, path, current_trace_id(), request.keep)
+        except Exception:  # never a traceback to the client
+            log.exception("unhandled error on POST %s", path)
+            return conn.problem(Unexpected("The server failed to handle this request; it has been logged."),
+                                path, current_trace_id(), request.keep)
+        finally:
+            if principal_token is not None:
+                reset_current_principal(principal_token)
+            otel_context.detach(context_token)
+
+
+def _parse(body: bytes) -> OnlineIn:
+    try:
+        return OnlineIn.model_validate_json(body)
+    except ValidationError as exc:
+        if any(err.get("type") == "json_invalid" for err in exc.errors()):
+            try:  # FastAPI reports where Python's decoder stopped
+                json.loads(body)
+            except ValueError as bad:
+                at = str(getattr(bad, "pos", 0))
+                raise RequestInvalid(f"body.{at}: JSON decode error", errors=[
+                    {"loc": ["body", at], "msg": "JSON decode error", "type": "json_invalid"}]) from None
+        errors = [{"loc": ["body", *(str(p) for p in err.get("loc", ()))], "msg": str(err.get("msg", "")),
+                   "type": str(err.get("type", ""))} for err in exc.errors()]
+        first = errors[0] if errors else {"loc": ["body"], "msg": "invalid request"}
+        raise RequestInvalid(f"{'.'.join(first['loc'])}: {first['msg']}", errors=errors) from None
+
