@@ -116,15 +116,18 @@ async def test_grpc_deadline_is_passed_on_and_cancels_upstream(gateway: RunningG
         await asyncio.sleep(0.05)
     assert "deadline" in service.state.cancelled
 
-    # A streaming client call: grpc.aio sends RST_STREAM at once when it is cancelled.
-    call = gateway.stub(f"{FS}/WriteSlow", "stream_stream")(iter([b"cancel"]), metadata=md(token), timeout=10)
-    await asyncio.sleep(0.3)
-    call.cancel()
-    for _ in range(50):
-        if "cancel" in service.state.cancelled:
-            break
-        await asyncio.sleep(0.05)
-    assert "cancel" in service.state.cancelled
+    # A cancelled client call, streaming or unary: grpc.aio sends RST_STREAM, the gateway cancels upstream.
+    # (The unary case needs channels without OpenTelemetry's client interceptor: mlp_core.grpc.)
+    for kind, payload in (("stream_stream", b"cancel"), ("unary_unary", b"unary-cancel")):
+        request = iter([payload]) if kind == "stream_stream" else payload
+        call = gateway.stub(f"{FS}/WriteSlow", kind)(request, metadata=md(token), timeout=10)
+        await asyncio.sleep(0.3)
+        call.cancel()
+        for _ in range(50):
+            if payload.decode() in service.state.cancelled:
+                break
+            await asyncio.sleep(0.05)
+        assert payload.decode() in service.state.cancelled, kind
 
 
 async def test_grpc_unknown_method_is_unimplemented(gateway: RunningGateway, test_issuer: TestIssuer) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc.aio import _channel as grpc_aio_channel
 from registry_support import ALICE
 
 from mlp_core.broker import free_port
@@ -306,8 +305,9 @@ async def test_a_stream_that_ends_abnormally_frees_the_session_at_once(server: S
     draft = await s.stub.RegisterVersion(_register_request(), metadata=s.md())
     upload_id = draft.uploads[0].id
     stop = asyncio.Event()
-    # A plain channel: the process-wide OpenTelemetry client interceptor swallows cancel() (see the next test).
-    channel = grpc_aio_channel.insecure_channel(s.target)
+    # A channel of its own, with the process-wide trace-context interceptor (mlp_core.grpc), which lets
+    # cancel() through (OpenTelemetry's client interceptor did not: opentelemetry-python-contrib#3271).
+    channel = grpc.aio.insecure_channel(s.target)
     call = pb_grpc.RegistryServiceStub(channel).UploadArtifact(
         _stalling(upload_id, stop), metadata=s.md(), timeout=1.0 if ending == "deadline" else None)
     try:
@@ -332,8 +332,9 @@ async def test_a_stream_that_ends_abnormally_frees_the_session_at_once(server: S
 
 
 async def test_a_silent_stream_is_ended_after_the_idle_timeout(server: Server) -> None:
-    """A client whose cancel never reaches the server (an instrumented grpc.aio client) leaves the stream open
-    and silent: the server ends it after the idle timeout, keeps the whole segments and frees the session."""
+    """A client that stalls (sends nothing more and never ends the stream, as a client behind a broken
+    interceptor or a hung process does): the server ends the stream after the idle timeout, keeps the
+    whole segments and frees the session."""
     s = server
     s.service.uploads.stream_idle_timeout = timedelta(seconds=1)
     draft = await s.stub.RegisterVersion(_register_request(), metadata=s.md())

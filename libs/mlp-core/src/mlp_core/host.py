@@ -344,13 +344,20 @@ _grpc_instrumented = False
 
 
 def _instrument_grpc() -> None:
-    """Trace context on every outgoing grpc.aio call of the process (client instrumentation is global)."""
+    """Trace context on every outgoing grpc.aio call of the process (channels are patched globally).
+
+    Not OpenTelemetry's ``GrpcAioInstrumentorClient``: its interceptor awaits the call's status
+    before handing the call back, so ``call.cancel()`` and a cancelled caller task never reach the
+    server (open-telemetry/opentelemetry-python-contrib#3271). Ours only adds ``traceparent`` (and
+    ``tracestate``/``baggage``) of the current context to the metadata; the callee's server span is
+    then the child of the caller's current span. No client span is recorded.
+    """
     global _grpc_instrumented
     if _grpc_instrumented:
         return
-    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
+    from mlp_core.grpc import install_trace_context_propagation
 
-    GrpcAioInstrumentorClient().instrument()
+    install_trace_context_propagation()
     _grpc_instrumented = True
 
 
