@@ -61,6 +61,13 @@ async def test_gateway_audits_mutations_and_refusals_without_tokens(gateway: Run
         await gateway.stub("/mlp.featurestore.v1.FeatureStoreService/WriteSlow")(b"x", metadata=md(reader), timeout=5)
     except Exception:
         pass
+    # refused by the edge while reading (declared body over the limit): audited too
+    port = int(str(gateway.client.base_url).rsplit(":", 1)[1].rstrip("/"))
+    reader_stream, writer_stream = await asyncio.open_connection("127.0.0.1", port)
+    writer_stream.write(b"POST /api/v1/feature-store/things HTTP/1.1\r\nHost: gw\r\n"
+                        b"Content-Length: 999999999\r\n\r\n")
+    assert (await reader_stream.readuntil(b"\r\n")).startswith(b"HTTP/1.1 413 ")
+    writer_stream.close()
     await gateway.gw.audit.flush()
     db = gateway.gw.audit.db
     with db.engine.connect() as conn:
@@ -71,6 +78,7 @@ async def test_gateway_audits_mutations_and_refusals_without_tokens(gateway: Run
     assert ("alice", "POST /api/v1/feature-store/things", 201, "ok", "rest") in summary
     assert ("bob", "POST /api/v1/feature-store/things", 403, "refused", "rest") in summary
     assert ("anonymous", "GET /api/v1/feature-store/whoami", 401, "refused", "rest") in summary
+    assert ("anonymous", "POST /api/v1/feature-store/things", 413, "refused", "rest") in summary
     assert ("bob", "RPC /mlp.featurestore.v1.FeatureStoreService/WriteSlow", 7, "refused", "grpc") in summary
     assert not any(r["action"] == "GET /api/v1/feature-store/whoami" and r["status"] == 200 for r in rows)
     flat = repr(rows)

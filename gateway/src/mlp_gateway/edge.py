@@ -93,8 +93,6 @@ class GatewayRoutes:
         trace_id = trace_parent[3:35].decode()
         principal: Principal | None = None
         try:
-            if request.refused is not None:
-                raise request.refused
             guard._check_transport(scope)
             principal = await guard._authenticate(scope)
             needed = required_scope(request.method, path)
@@ -114,6 +112,11 @@ class GatewayRoutes:
             outcome = "ok" if status < 400 else "refused" if status in REFUSED_STATUSES else "failed"
             await guard._audit(scope, principal, status, outcome, "")
         return status
+
+    async def refused(self, request: Request, exc: DomainError) -> None:
+        """Audit a call the edge refused while reading it (413): every refused call is audited."""
+        scope = {"method": request.method, "path": request.path, "headers": request.headers}
+        await self.guard._audit(scope, None, exc.status, "refused", exc.detail)
 
     def _pool(self, service: str, path: str) -> UpstreamPool:
         for pattern, pool in self.route_pools:

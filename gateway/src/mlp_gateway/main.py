@@ -107,6 +107,7 @@ def build_gateway(settings: GatewaySettings, *, verifier: TokenVerifier | None =
             collectors=[GatewayCollector(verifier, audit)],
             fast_routes=routes,  # the edge takes the public port; the app sits behind it
             fast_max_body_bytes=settings.gateway_max_body_bytes,
+            fast_on_refused=routes.refused,  # 413s refused while reading are audited too
         )
 
     host = bootstrap.build_host(settings, MIGRATIONS_DIR, build, verifier=verifier)

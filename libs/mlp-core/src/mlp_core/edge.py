@@ -369,6 +369,8 @@ class EdgeConfig:
     metrics: HttpMetrics | None = None
     max_body_bytes: int = 10 * 1024 * 1024
     fallback_timeout_s: float = 60.0
+    #: Told of each request refused while it was read (413), after the answer (e.g. to audit it).
+    on_refused: Callable[[Request, DomainError], Awaitable[None]] | None = None
 
 
 class Edge:
@@ -607,10 +609,16 @@ class Connection(asyncio.Protocol):
         request.path, request.raw_path, request.query = path, raw_path, query
         request.keep = request.keep_alive and request.refused is None
         route = self.edge.config.router(request.method, path)
+        if request.refused is not None:  # refused while reading (413): no handler sees it
+            status = self.problem(request.refused, path, None, keep=False)
+            if route is not None:
+                self.edge.observe(request.method, route[1], status, started)
+            if self.edge.config.on_refused is not None:
+                await self.edge.config.on_refused(request, request.refused)
+            return False
         if route is None:
-            if request.refused is not None or self.edge.fallback is None:
-                self.problem(request.refused or NotFound(f"no route for {request.method} {path}"), path, None,
-                             request.keep)
+            if self.edge.fallback is None:
+                self.problem(NotFound(f"no route for {request.method} {path}"), path, None, request.keep)
                 return request.keep and not self.closed
             return await self._pass_to_app(request, request.keep)
         handler, template = route

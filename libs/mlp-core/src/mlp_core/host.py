@@ -75,6 +75,8 @@ class ServiceParts:
     fast_routes: Router | None = None
     fast_port: int | None = None
     fast_max_body_bytes: int = 10 * 1024 * 1024
+    #: Told of each fast-route request refused while it was read (413), e.g. to audit it.
+    fast_on_refused: Callable[..., Awaitable[None]] | None = None
 
 
 class ServiceHost:
@@ -255,7 +257,8 @@ class ServiceHost:
 
             self.edge = Edge(EdgeConfig(parts.fast_routes, fallback_uds=where.get("uds", ""),
                                         service=self.settings.service_name, metrics=self.http_metrics,
-                                        max_body_bytes=parts.fast_max_body_bytes))
+                                        max_body_bytes=parts.fast_max_body_bytes,
+                                        on_refused=parts.fast_on_refused))
             edge_port = await self.edge.start(host, port if behind_edge else int(parts.fast_port or 0))
             if behind_edge:
                 bound = edge_port

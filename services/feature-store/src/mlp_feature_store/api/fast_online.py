@@ -66,8 +66,6 @@ class OnlineRoutes:
         context_token = otel_context.attach(incoming_context(carrier))
         principal_token = None
         try:
-            if request.refused is not None:
-                raise request.refused
             scope: dict[str, Any] = {"type": "http", "path": path, "query_string": request.query,
                                      "headers": request.headers}
             principal = await self.auth._authenticate(scope)
