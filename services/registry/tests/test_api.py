@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from mlp_core.auth import AuthInterceptor
 from mlp_core.db import Database, migrate
@@ -20,6 +21,7 @@ from mlp_protos.mlp.registry.v1 import registry_pb2_grpc as pb_grpc
 from mlp_registry.api.grpc import RegistryServicer
 from mlp_registry.main import MIGRATIONS_DIR, build, build_service
 from mlp_registry.settings import RegistrySettings
+from mlp_registry.store import tables as t
 
 API = "/api/v1/registry"
 DATA = os.urandom(300_000) + b"MARKER"
@@ -160,3 +162,42 @@ def test_rest_register_version_idempotency_key(client: TestClient, test_issuer) 
     fresh = client.post(url, headers={**alice, "Idempotency-Key": "another"}, json=body)
     assert fresh.json()["version"]["version"] == 2
     assert client.post(url, headers=alice, json=body).json()["version"]["version"] == 3
+
+
+def test_rest_change_request_idempotency_key(client: TestClient, test_issuer,  # type: ignore[no-untyped-def]
+                                             settings: RegistrySettings) -> None:
+    alice, bob = _auth(test_issuer, "alice"), _auth(test_issuer, "bob")
+    assert client.post(f"{API}/projects/fraud/models", headers=alice, json={"name": "scorer"}).status_code == 201
+    model = f"{API}/projects/fraud/models/scorer"
+    draft = client.post(f"{model}/versions", headers=alice, json={"files": [
+        {"path": "model.onnx", "size": len(DATA), "sha256": hashlib.sha256(DATA).hexdigest()}]}).json()
+    client.put(f"{API}/uploads/{draft['uploads'][0]['id']}", headers={**alice, "Upload-Offset": "0"}, content=DATA)
+    assert client.post(f"{model}/versions/1/commit", headers=alice).status_code == 200
+
+    url, body = f"{model}/change-requests", {"alias": "production", "version": 1, "reason": "first release"}
+    keyed = {**alice, "Idempotency-Key": "deploy-42"}
+    first = client.post(url, headers=keyed, json=body)
+    events = _outbox_count(settings)
+    retry = client.post(url, headers=keyed, json=body)
+    assert first.status_code == retry.status_code == 201, retry.text
+    assert retry.json() == first.json()
+    assert _outbox_count(settings) == events, "the retry emits no second event"
+
+    clash = client.post(url, headers=keyed, json={**body, "reason": "second thoughts"})
+    assert clash.status_code == 409 and clash.headers["content-type"] == "application/problem+json"
+    assert "deploy-42" in clash.json()["detail"]
+    assert client.post(url, headers={**alice, "Idempotency-Key": "k" * 129}, json=body).status_code == 422
+    bobs = client.post(url, headers={**bob, "Idempotency-Key": "deploy-42"}, json=body)
+    no_key = client.post(url, headers=alice, json=body)
+    assert len({first.json()["id"], bobs.json()["id"], no_key.json()["id"]}) == 3
+    listed = client.get(url, headers=alice).json()
+    assert sorted(cr["id"] for cr in listed) == sorted([first.json()["id"], bobs.json()["id"], no_key.json()["id"]])
+
+
+def _outbox_count(settings: RegistrySettings) -> int:
+    db = Database(settings.resolved_database_url)
+    try:
+        with db.session() as session:
+            return int(session.execute(select(func.count()).select_from(t.events.outbox)).scalar_one())
+    finally:
+        db.dispose()

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from registry_support import ALICE
+from sqlalchemy import func, select
 
 from mlp_core.broker import free_port
 from mlp_core.db import Database, migrate
@@ -29,6 +30,7 @@ from mlp_registry.api.grpc import registry_registrar
 from mlp_registry.domain.service import RegistryService
 from mlp_registry.main import MIGRATIONS_DIR, build_service
 from mlp_registry.settings import RegistrySettings
+from mlp_registry.store import tables as t
 
 SEG = 65536
 DATA = os.urandom(5 * SEG + 1234)
@@ -262,6 +264,54 @@ async def test_register_version_honours_the_idempotency_key(server: Server) -> N
     assert (other_caller.version.version, no_key.version.version) == (2, 3)
     request.idempotency_key = "\x00"
     assert await _code(s.stub.RegisterVersion(request, metadata=s.md())) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_create_change_request_honours_the_idempotency_key(server: Server) -> None:
+    s = server
+    await _registered(s)
+    outbox_before = await asyncio.to_thread(_outbox_count, s)
+    origin = common_pb2.ObjectRef(project="fraud", kind="training_run", name="run-7")
+    request = pb.CreateChangeRequestRequest(project="fraud", model="scorer", alias="production", version=1,
+                                            reason="better auc", origin=origin, idempotency_key="release-7")
+    first = await s.stub.CreateChangeRequest(request, metadata=s.md())
+    retry = await s.stub.CreateChangeRequest(request, metadata=s.md())
+    assert retry.id == first.id and retry.state == pb.CHANGE_REQUEST_STATE_OPEN
+    assert await asyncio.to_thread(_outbox_count, s) == outbox_before + 1, "the retry emits no second event"
+    # CHANGE_KIND_SET_ALIAS is what an unspecified kind means: the same request
+    retry.CopyFrom(await s.stub.CreateChangeRequest(
+        pb.CreateChangeRequestRequest(**{**_fields(request), "kind": pb.CHANGE_KIND_SET_ALIAS}), metadata=s.md()))
+    assert retry.id == first.id
+
+    # kinds a change request cannot carry are refused, never turned into set-alias
+    for kind in (pb.CHANGE_KIND_REMOVE_ALIAS, 99):
+        refused = pb.CreateChangeRequestRequest(**{**_fields(request), "kind": kind, "idempotency_key": ""})
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.stub.CreateChangeRequest(refused, metadata=s.md())
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "SET_ALIAS" in (err.value.details() or "")
+
+    for changed in ({"reason": "other"}, {"alias": "canary"},
+                    {"origin": common_pb2.ObjectRef(project="fraud", kind="training_run", name="run-8")}):
+        clash = pb.CreateChangeRequestRequest(**{**_fields(request), **changed})
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.stub.CreateChangeRequest(clash, metadata=s.md())
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS and "release-7" in (err.value.details() or "")
+
+    bobs = await s.stub.CreateChangeRequest(request, metadata=s.md("bob"))
+    no_key = await s.stub.CreateChangeRequest(pb.CreateChangeRequestRequest(
+        **{**_fields(request), "idempotency_key": ""}), metadata=s.md())
+    assert len({first.id, bobs.id, no_key.id}) == 3
+    request.idempotency_key = "\x00"
+    assert await _code(s.stub.CreateChangeRequest(request, metadata=s.md())) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _fields(message: Any) -> dict[str, Any]:
+    return {f.name: v for f, v in message.ListFields()}
+
+
+def _outbox_count(s: Server) -> int:
+    """Events written to the outbox so far (the server's own database)."""
+    with s.service.ctx.store.db.session() as session:  # type: ignore[attr-defined]
+        return int(session.execute(select(func.count()).select_from(t.events.outbox)).scalar_one())
 
 
 def _stalling(upload_id: str, stop: asyncio.Event) -> AsyncIterator[pb.UploadArtifactRequest]:

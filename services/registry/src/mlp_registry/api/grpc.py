@@ -9,6 +9,7 @@ with DATA_LOSS (the same error is FAILED_PRECONDITION on unary calls and 409 on 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -231,10 +232,17 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     async def CreateChangeRequest(self, request: pb.CreateChangeRequestRequest,
                                   context: grpc.aio.ServicerContext) -> pb.ChangeRequest:
-        """Open a change request to move an alias."""
+        """Open a change request to move an alias.
+
+        With ``idempotency_key``, a retry returns the same change request (ALREADY_EXISTS when the key
+        was used for a different request: another kind, alias, version, reason or origin).
+        """
         p = current_principal()
-        cr = await _call(self.service.releases.create_change_request, p, request.project, request.model,
-                         request.alias, request.version, request.reason)
+        create = functools.partial(self.service.releases.create_change_request,
+                                   requested_kind=conv.change_kind_from_pb(request.kind),
+                                   origin=conv.ref_fields(request.origin))
+        cr = await _call(create, p, request.project, request.model, request.alias, request.version, request.reason,
+                         request.idempotency_key or None)
         return await self._cr(request.project, cr.id)
 
     async def GetChangeRequest(self, request: pb.GetChangeRequestRequest,

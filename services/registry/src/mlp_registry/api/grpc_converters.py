@@ -26,6 +26,7 @@ from mlp_registry.domain.models import (
     UploadState,
     VersionState,
 )
+from mlp_registry.domain.releases import SET_ALIAS
 from mlp_registry.domain.uploads import VersionDraft
 
 _VERSION_STATES: dict[VersionState, Any] = {VersionState.DRAFT: pb.VERSION_STATE_PENDING_UPLOAD,
@@ -86,6 +87,21 @@ def _inputs(m: Model, lineage: Lineage) -> list[common_pb2.ObjectRef]:
         refs.append(common_pb2.ObjectRef(project=m.project, kind="dataset", name=lineage.training_set_digest,
                                          digest=lineage.training_set_digest))
     return refs
+
+
+def change_kind_from_pb(kind: int) -> str:
+    """The kind a client asked for: unspecified means setting the alias, the only kind a change
+    request can carry today (the others are refused, never silently turned into set-alias)."""
+    if kind in (pb.CHANGE_KIND_UNSPECIFIED, pb.CHANGE_KIND_SET_ALIAS):
+        return SET_ALIAS
+    name = pb.ChangeKind.Name(kind) if kind in pb.ChangeKind.values() else f"value {kind}"
+    raise InvalidArgument(f"change requests can only set an alias (CHANGE_KIND_SET_ALIAS); {name} is not "
+                          "supported through a change request")
+
+
+def ref_fields(ref: common_pb2.ObjectRef) -> dict[str, str]:
+    """The set fields of an object reference (empty when the reference is not set)."""
+    return {f.name: v for f, v in ref.ListFields() if isinstance(v, str) and v}
 
 
 def change_request_pb(cr: ChangeRequest, m: Model, number: int, previous: int) -> pb.ChangeRequest:

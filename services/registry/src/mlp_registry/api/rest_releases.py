@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Depends, Header, Response, status
 
 from mlp_core.auth import CurrentPrincipal, Principal, require_scope
 from mlp_registry.api import converters as conv
@@ -40,8 +40,13 @@ def add_release_routes(router: APIRouter, service: RegistryService, model_path: 
 
     @router.post(model_path + "/change-requests", response_model=s.ChangeRequestRead,
                  status_code=status.HTTP_201_CREATED, summary="Ask to move a (protected) alias")
-    def create_cr(project: str, name: str, body: s.ChangeRequestCreate, principal: Writer) -> s.ChangeRequestRead:
-        cr = service.releases.create_change_request(principal, project, name, body.alias, body.version, body.reason)
+    def create_cr(project: str, name: str, body: s.ChangeRequestCreate, principal: Writer,
+                  idempotency_key: Annotated[str | None, Header(
+                      alias="Idempotency-Key", max_length=128,
+                      description="a retry with the same key returns the same change request (409 if the "
+                                  "body differs)")] = None) -> s.ChangeRequestRead:
+        cr = service.releases.create_change_request(principal, project, name, body.alias, body.version, body.reason,
+                                                    idempotency_key)
         return cr_read(principal, cr.id)
 
     @router.get(model_path + "/change-requests", response_model=list[s.ChangeRequestRead])

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
-from mlp_core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from mlp_core.errors import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from mlp_registry.domain import validation
 from mlp_registry.domain.caller import APPROVE, READ, WRITE, Caller, require
 from mlp_registry.domain.context import RegistryContext, load_model, load_version, record, subject_of
-from mlp_registry.domain.errors import IntegrityCheckFailed, PolicyCheckFailed
+from mlp_registry.domain.errors import IdempotencyKeyTaken, IntegrityCheckFailed, PolicyCheckFailed
+from mlp_registry.domain.idempotency import CREATE_CHANGE_REQUEST, fingerprint
 from mlp_registry.domain.manifest import check_version
 from mlp_registry.domain.models import (
     Alias,
@@ -20,6 +29,7 @@ from mlp_registry.domain.models import (
     ChangeRequest,
     ChangeState,
     CheckResult,
+    IdempotencyRecord,
     Model,
     ModelVersion,
     VersionState,
@@ -28,6 +38,15 @@ from mlp_registry.domain.policies import failing
 from mlp_registry.store.base import MetadataTx
 
 REGISTERED = frozenset({VersionState.REGISTERED})
+#: What a change request asks for when the client does not say (the only change the registry makes).
+SET_ALIAS = "set_alias"
+
+
+def change_request_digest(alias: str, number: int, reason: str, requested_kind: str = SET_ALIAS,
+                          origin: Mapping[str, str] | None = None) -> str:
+    """Fingerprint of a change request (reason without surrounding blanks; no origin = empty origin)."""
+    return fingerprint({"kind": requested_kind, "alias": alias, "version": number, "reason": reason.strip(),
+                        "origin": {k: v for k, v in (origin or {}).items() if v} or None})
 
 
 class Releases:
@@ -92,23 +111,75 @@ class Releases:
 
     # change requests ----------------------------------------------------------------------
     def create_change_request(self, caller: Caller, project: str, model_name: str, alias: str, number: int,
-                              reason: str) -> ChangeRequest:
-        """Open a request to point ``alias`` at version ``number``; checks run now and again at apply."""
+                              reason: str, idempotency_key: str | None = None, *,
+                              requested_kind: str = SET_ALIAS, origin: Mapping[str, str] | None = None,
+                              ) -> ChangeRequest:
+        """Open a request to point ``alias`` at version ``number``; checks run now and again at apply.
+
+        With an ``idempotency_key``, a retry by the same caller for the same model returns the
+        change request the first request opened (as it is now, even if since approved, applied or
+        expired) and creates nothing; the same key with a different request is refused with
+        ``AlreadyExists``. Concurrent first uses of a key open one request (unique key row, the
+        loser replays). ``requested_kind`` (what the client asked for; the registry only sets
+        aliases) and ``origin`` (the client's reference to what prompted the request) are part of
+        the request's fingerprint only.
+        """
         require(caller, WRITE)
+        key = validation.idempotency_key(idempotency_key)
         validation.alias(alias)
         if not reason or not reason.strip() or len(reason) > 4000:
             raise InvalidArgument("a change request needs a reason (1-4000 characters)")
+        digest = change_request_digest(alias, number, reason, requested_kind, origin) if key else ""
+        if key:
+            replay = self._replay(caller, project, model_name, key, digest)
+            if replay is not None:
+                return replay
+        try:
+            return self._insert_change_request(caller, project, model_name, alias, number, reason, key, digest)
+        except IdempotencyKeyTaken:
+            # A concurrent request with the same key committed first: answer with its change request.
+            assert key is not None
+            replay = self._replay(caller, project, model_name, key, digest)
+            if replay is None:  # pragma: no cover - the winner's row is committed before we fail
+                raise Conflict("a request with the same idempotency key is in progress; retry") from None
+            return replay
+
+    def _replay(self, caller: Caller, project: str, model_name: str, key: str, digest: str) -> ChangeRequest | None:
+        """The change request the first request with ``key`` opened, or None when the key is new."""
         with self.ctx.store.transaction() as tx:
             model = load_model(tx, caller, project, model_name)
+            found = tx.get_idempotency_key(CREATE_CHANGE_REQUEST, model.id, caller.subject, key)
+            if found is None:
+                return None
+            if found.request_digest != digest:
+                raise AlreadyExists(
+                    f"idempotency key {key!r} was already used to open a different change request on "
+                    f"'{project}/{model_name}' (another alias, version, reason or origin); use a new key "
+                    "for a new request")
+            cr = tx.get_change_request(found.object_id)
+            if cr is None:  # pragma: no cover - change requests are never deleted
+                raise NotFound(f"the change request opened with idempotency key {key!r} no longer exists")
+            return cr
+
+    def _insert_change_request(self, caller: Caller, project: str, model_name: str, alias: str, number: int,
+                               reason: str, key: str | None, digest: str) -> ChangeRequest:
+        with self.ctx.store.transaction() as tx:
+            model = load_model(tx, caller, project, model_name)
+            now = self.ctx.clock()
+            cr_id = str(uuid.uuid4())
+            if key:
+                # First write of the transaction: a concurrent twin waits here and then fails.
+                tx.claim_idempotency_key(IdempotencyRecord(
+                    operation=CREATE_CHANGE_REQUEST, model_id=model.id, caller=caller.subject, key=key,
+                    request_digest=digest, object_id=cr_id, created_at=now))
             version = load_version(tx, model, number, REGISTERED)
             current = tx.get_alias(model.id, alias)
             if current and current.version_id == version.id:
                 raise FailedPrecondition(f"alias '{alias}' already points at version {number}")
             held_before = any(c.version_id == version.id for c in tx.alias_history(model.id, alias))
             kind = ChangeKind.ROLLBACK if held_before else ChangeKind.PROMOTION
-            now = self.ctx.clock()
             cr = ChangeRequest(
-                id=str(uuid.uuid4()), model_id=model.id, alias=alias, target_version_id=version.id,
+                id=cr_id, model_id=model.id, alias=alias, target_version_id=version.id,
                 previous_version_id=current.version_id if current else None, kind=kind, state=ChangeState.OPEN,
                 reason=reason.strip(), requested_by=caller.subject, created_at=now,
                 expires_at=now + self.ctx.policy.change_request_ttl,

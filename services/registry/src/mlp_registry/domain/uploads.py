@@ -10,7 +10,6 @@ carries a wrong digest or is aborted never shows up as a registered version.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 import uuid
@@ -36,6 +35,7 @@ from mlp_registry.domain import validation
 from mlp_registry.domain.caller import WRITE, Caller, require
 from mlp_registry.domain.context import RegistryContext, load_model, load_version, record, subject_of
 from mlp_registry.domain.errors import IdempotencyKeyTaken, IntegrityCheckFailed
+from mlp_registry.domain.idempotency import REGISTER_VERSION, fingerprint
 from mlp_registry.domain.manifest import build_manifest
 from mlp_registry.domain.models import (
     ArtifactFile,
@@ -52,8 +52,6 @@ from mlp_registry.domain.upload_pipeline import BackgroundHasher, segments
 from mlp_registry.store.base import MetadataTx
 
 DRAFT = frozenset({VersionState.DRAFT})
-#: The operation name idempotency keys of ``create_draft`` are recorded under.
-REGISTER_VERSION = "register-version"
 
 
 @dataclass
@@ -77,8 +75,7 @@ def request_digest(draft: VersionDraft) -> str:
     """SHA-256 of a draft's canonical JSON (files in path order): what an idempotent retry must repeat."""
     body = asdict(draft)
     body["files"] = sorted(body["files"], key=lambda f: f["path"])
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return fingerprint(body)
 
 
 def object_key(file_sha256: str, binding: bytes) -> str:

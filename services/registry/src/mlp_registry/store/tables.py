@@ -101,8 +101,10 @@ uploads = Table(
     Column("lease_until", TS, nullable=True),
 )
 
-#: Idempotency keys of requests that create objects (RegisterVersion); the primary key is the
-#: scope (operation, model, caller, key), so concurrent first uses of one key cannot both insert.
+#: Idempotency keys of requests that create objects (RegisterVersion, CreateChangeRequest: the
+#: ``operation`` column tells them apart, ``object_id`` is the version or change request id); the
+#: primary key is the scope (operation, model, caller, key), so concurrent first uses of one key
+#: cannot both insert.
 idempotency_keys = Table(
     "registry_idempotency_keys", metadata,
     Column("operation", String(32), primary_key=True),
