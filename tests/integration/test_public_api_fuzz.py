@@ -3,7 +3,8 @@
 Every process is started the way ``mlp up`` starts it (``python -m ...`` with ``MLP_*`` env), but on
 free ports, with a fresh PostgreSQL database each, a dedicated Redis db and the session's Tansu
 broker. The merged ``/openapi.json`` of the gateway drives the cases; each feature-store and registry
-operation gets a few examples with an admin token, under an overall time budget. Checks: never a 5xx,
+operation gets a few examples with an admin token, under an overall time budget. Online reads reach
+the feature store's fast port (``mlp_core.edge``), as under ``mlp up``. Checks: never a 5xx,
 4xx answers are ``application/problem+json``, and no answer leaks a stack trace. The other upstreams
 point at closed ports: their operations are not fuzzed (one call proves they answer a 503 problem).
 Process logs are under the test's tmp folder; their tails are shown when the test fails.
@@ -149,6 +150,7 @@ def _start(stack: Stack, tmp: Path, kafka: str, fs_db: str, registry_db: str, ga
     closed = {name: f"http://127.0.0.1:{free_port()}" for name in ("training", "serving", "experiments",
                                                                      "monitoring")}
     ports: dict[str, tuple[int, int]] = {}
+    online_port = free_port()  # the feature store's fast online port, used by the gateway as under `mlp up`
     for name, module, db_url in (("feature-store", "mlp_feature_store", fs_db),
                                  ("registry", "mlp_registry", registry_db),
                                  ("gateway", "mlp_gateway", gateway_db)):
@@ -170,7 +172,10 @@ def _start(stack: Stack, tmp: Path, kafka: str, fs_db: str, registry_db: str, ga
             "MLP_HTTP_PORT": str(http_port),
             "MLP_GRPC_PORT": str(grpc_port),
         }
+        if name == "feature-store":
+            env["MLP_FEATURE_STORE_ONLINE_PORT"] = str(online_port)
         if name == "gateway":
+            env["MLP_GATEWAY_UPSTREAM_FEATURE_STORE_ONLINE"] = f"http://127.0.0.1:{online_port}"
             for service, (h, g) in ((s, ports[s]) for s in ("feature-store", "registry")):
                 key = service.upper().replace("-", "_")
                 env[f"MLP_GATEWAY_UPSTREAM_{key}"] = f"http://127.0.0.1:{h}"
