@@ -159,3 +159,20 @@ async def test_exchange_rewrites_upstream_failures() -> None:
             pool.close()
             server.should_exit = True
             await task
+
+
+async def test_connections_over_the_limit_are_closed_at_once() -> None:
+    async with _edge(max_connections=2) as (edge, url):
+        port = int(url.rsplit(":", 1)[1])
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        while len(edge.connections) < 2:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # the third: closed before a byte
+        writer.close()
+        for _, w in held:
+            w.close()
+        while edge.connections:
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=url) as c:  # room again
+            assert (await c.post("/echo", content=b"ok")).status_code == 200

@@ -369,6 +369,7 @@ class EdgeConfig:
     metrics: HttpMetrics | None = None
     max_body_bytes: int = 10 * 1024 * 1024
     fallback_timeout_s: float = 60.0
+    max_connections: int = 10_000  # open client connections; more are closed at once
     #: Told of each request refused while it was read (413), after the answer (e.g. to audit it).
     on_refused: Callable[[Request, DomainError], Awaitable[None]] | None = None
 
@@ -439,6 +440,11 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if len(self.edge.connections) >= self.edge.config.max_connections:
+            log.warning("edge: %d open connections, the limit; closing a new one", len(self.edge.connections))
+            self.closed = True
+            transport.close()  # before any byte: the client retries or backs off, no file descriptors run out
+            return
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer = str(peer[0])
