@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.applications import Starlette
@@ -176,3 +177,13 @@ async def test_connections_over_the_limit_are_closed_at_once() -> None:
             await asyncio.sleep(0.01)
         async with httpx.AsyncClient(base_url=url) as c:  # room again
             assert (await c.post("/echo", content=b"ok")).status_code == 200
+
+
+def test_upstream_addresses() -> None:
+    assert UpstreamPool.for_url("http://svc:8112/").authority == b"svc:8112"
+    assert UpstreamPool.for_url("http://svc").port == 80
+    ipv6 = UpstreamPool.for_url("http://[::1]:82")
+    assert (ipv6.host, ipv6.port, ipv6.authority) == ("::1", 82, b"[::1]:82")
+    for bad in ("https://svc:443", "svc:80", "http://"):
+        with pytest.raises(ValueError):
+            UpstreamPool.for_url(bad)

@@ -292,16 +292,18 @@ class UpstreamPool:
     loop: Any = None  # the running loop, taken on first use
 
     def __post_init__(self) -> None:
-        self.authority = (f"{self.host}:{self.port}" if not self.uds else "localhost").encode()
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.authority = (f"{host}:{self.port}" if not self.uds else "localhost").encode()
 
     @classmethod
     def for_url(cls, base_url: str) -> UpstreamPool:
         """A pool for ``http://host:port`` (the only scheme forwarded to)."""
-        scheme, _, rest = base_url.partition("://")
-        if scheme != "http":
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(base_url)
+        if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"upstream must be http://host:port, not {base_url!r}")
-        host, _, port = rest.split("/", 1)[0].rpartition(":")
-        return cls(host=host.strip("[]"), port=int(port or 80))
+        return cls(host=parts.hostname, port=parts.port or 80)
 
     async def acquire(self, connect_timeout_s: float) -> _UpstreamConnection:
         if self.loop is None:
