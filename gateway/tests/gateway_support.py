@@ -102,12 +102,12 @@ async def running_gateway(settings: GatewaySettings, issuer: TestIssuer) -> Asyn
     gw = build_gateway(settings, verifier=issuer.verifier())
     await gw.host.start_background()
     try:
-        port = await gw.start_http("127.0.0.1", 0, lifespan="off")  # the real edge, on a real socket
+        port = await gw.host.start_http("127.0.0.1", 0, lifespan="off")  # the real edge, on a real socket
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client, \
                 grpc.aio.insecure_channel(f"127.0.0.1:{settings.grpc_port}") as channel:
             yield RunningGateway(gw, client, channel, settings)
     finally:
-        await gw.stop_http()
+        await gw.host.stop_http()
         await gw.host.stop_background()
 
 

@@ -70,11 +70,14 @@ class LiveStack:
             gw_settings = gateway_settings(self.tmp, self.pg_url, REDIS_URL, self.issuer.issuer, svc,
                                            gateway_rate_limit_per_s=10_000, gateway_rate_limit_burst=10_000)
             gw = build_gateway(gw_settings, verifier=self.issuer.verifier())
-            async with serve(gw.host.app) as url:
+            port = await gw.host.start_http("127.0.0.1", 0)  # the edge in front of the app, as in production
+            try:
                 await gw.openapi.refresh()
-                self.url = url
+                self.url = f"http://127.0.0.1:{port}"
                 self._ready.set()
                 await self._stop.wait()
+            finally:
+                await gw.host.stop_http()
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 from mlp_core.auth import Principal
+from mlp_core.auth.rest import is_public_path
 from mlp_core.edge import Connection, Handler, Headers, Request, UpstreamPool
 from mlp_core.errors import DomainError, InvalidArgument
+from mlp_core.telemetry import parse_traceparent
 from mlp_gateway.exchange import TokenExchanger
 from mlp_gateway.guard import REFUSED_STATUSES, GatewayGuard
 from mlp_gateway.policy import MUTATING_METHODS, required_scope
@@ -70,7 +72,7 @@ class GatewayRoutes:
             service, template = "serving", "/v2"
         else:
             return None
-        if service not in self.pools or _is_public(path, self.guard.public_paths):
+        if service not in self.pools or is_public_path(path, self.guard.public_paths):
             return None  # an unknown service: the app answers 404, as it always did
         handler = self._handlers.get((service, template))
         if handler is None:
@@ -160,14 +162,8 @@ class GatewayRoutes:
 
 
 def _trace_parent(headers: Headers) -> bytes | None:
+    """The request's ``traceparent`` when it is valid W3C (the rule services apply too)."""
     for name, value in headers:
         if name == _TRACE_PARENT:
-            parts = value.split(b"-")
-            if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
-                return value
-            return None
+            return value if parse_traceparent(value) is not None else None
     return None
-
-
-def _is_public(path: str, prefixes: tuple[str, ...]) -> bool:
-    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)

@@ -10,7 +10,6 @@ Refusals are problem+json responses; every refusal and every mutating call is au
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Callable
@@ -22,8 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlp_core.auth import Principal, TokenVerifier
 from mlp_core.auth.principal import reset_current_principal, set_current_principal
+from mlp_core.auth.rest import is_public_path
 from mlp_core.errors import (
-    PROBLEM_CONTENT_TYPE,
     DomainError,
     InvalidArgument,
     NotFound,
@@ -31,6 +30,7 @@ from mlp_core.errors import (
     TooManyRequests,
     Unauthenticated,
 )
+from mlp_core.http import send_problem
 from mlp_core.telemetry import current_trace_id
 from mlp_gateway.audit import AuditEntry, AuditLog
 from mlp_gateway.audit.writer import now_iso
@@ -67,10 +67,6 @@ def _header(scope: Scope, name: bytes) -> list[str]:
     return [v.decode("latin-1") for k, v in scope.get("headers", []) if k == name]
 
 
-def _is_public(path: str, prefixes: tuple[str, ...]) -> bool:
-    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
-
-
 def _invalid_request(detail: str) -> Unauthenticated:
     return Unauthenticated(detail, headers={"WWW-Authenticate": 'Bearer realm="mlp", error="invalid_request"'})
 
@@ -89,7 +85,7 @@ class GatewayGuard:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": "not supported"})
             return
-        if scope["type"] != "http" or _is_public(scope.get("path", ""), self.public_paths):
+        if scope["type"] != "http" or is_public_path(scope.get("path", ""), self.public_paths):
             await self.app(scope, receive, send)
             return
         method = scope["method"]
@@ -103,7 +99,7 @@ class GatewayGuard:
             await self._rate_limit(principal)
             body = await self._read_body(receive)
         except DomainError as exc:
-            await self._send_problem(scope, send, exc)
+            await send_problem(scope, send, exc, trace_id=current_trace_id())
             await self._audit(scope, principal, exc.status, "refused", exc.detail)
             return
         await self._forward(scope, receive, send, principal, body)
@@ -239,17 +235,6 @@ class GatewayGuard:
             trace_id=current_trace_id() or _traceparent_id(scope),
             detail=detail[:500],
         ))
-
-    async def _send_problem(self, scope: Scope, send: Send, exc: DomainError) -> None:
-        body = json.dumps(exc.problem(instance=scope.get("path"), trace_id=current_trace_id())).encode()
-        headers: list[tuple[bytes, bytes]] = [
-            (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
-            (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
-        ]
-        headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in exc.headers.items()]
-        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
 
 def _has_query_token(query: bytes) -> bool:

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi.openapi.utils import get_openapi
@@ -25,7 +25,7 @@ from mlp_gateway.grpc_proxy import GatewayAuthInterceptor, GrpcProxy, proxy_regi
 from mlp_gateway.guard import GatewayGuard, GuardDeps, guard_factory
 from mlp_gateway.metrics import GatewayCollector
 from mlp_gateway.openapi import OpenApiAggregator
-from mlp_gateway.proxy import Forwarder, ProxyApp, build_proxy_router
+from mlp_gateway.proxy import ProxyApp, RouteTimeouts, build_proxy_router
 from mlp_gateway.ratelimit import RateLimiter
 from mlp_gateway.settings import GatewaySettings
 
@@ -40,16 +40,7 @@ class Gateway:
     audit: AuditLog
     openapi: OpenApiAggregator
     grpc_proxy: GrpcProxy
-    forwarder: Forwarder
     routes: GatewayRoutes
-
-    async def start_http(self, host: str, port: int, *, lifespan: Literal["on", "off"] = "on") -> int:
-        """The public REST port: the edge on ``host:port``, the app behind it (see ``ServiceHost``)."""
-        return await self.host.start_http(host, port, lifespan=lifespan)
-
-    async def stop_http(self) -> None:
-        """Close the edge and the app server."""
-        await self.host.stop_http()
 
 
 def _exchanger(settings: GatewaySettings) -> TokenExchanger | None:
@@ -75,8 +66,6 @@ def build_gateway(settings: GatewaySettings, *, verifier: TokenVerifier | None =
                          checkpoint_interval_s=settings.gateway_audit_checkpoint_interval_s,
                          queue_size=settings.gateway_audit_queue_size)
         exchanger = _exchanger(settings)
-        forwarder = Forwarder(settings.upstreams(), settings.gateway_upstream_timeout_s,
-                              route_timeouts_s=settings.gateway_route_timeouts_s, exchanger=exchanger)
         grpc_proxy = GrpcProxy(settings.grpc_upstreams(), limiter=limiter, audit=audit, exchanger=exchanger,
                                default_timeout_s=settings.gateway_upstream_timeout_s)
         openapi = OpenApiAggregator(settings.upstreams(), base=lambda: _own_openapi(built["host"]),
@@ -90,19 +79,22 @@ def build_gateway(settings: GatewaySettings, *, verifier: TokenVerifier | None =
             await redis.ping()
 
         edge_guard = GatewayGuard(None, verifier, tuple(PUBLIC_PATHS), deps=deps)  # type: ignore[arg-type]
-        routes = GatewayRoutes(edge_guard, settings.upstreams(), forwarder.timeout_for, exchanger=exchanger,
+        timeouts = RouteTimeouts(settings.gateway_upstream_timeout_s, settings.gateway_route_timeouts_s)
+        routes = GatewayRoutes(edge_guard, settings.upstreams(), timeouts, exchanger=exchanger,
                                span=_edge_span if tracing_exported() else None,
                                route_upstreams=settings.route_upstreams())
-        built.update(audit=audit, openapi=openapi, grpc_proxy=grpc_proxy, forwarder=forwarder, routes=routes)
+        built.update(audit=audit, openapi=openapi, grpc_proxy=grpc_proxy, routes=routes)
+        known = tuple(sorted(settings.upstreams()))
         return ServiceParts(
             title="MLP platform API",
             description="The public REST API of every platform service, through the gateway.",
-            routers=[build_proxy_router(forwarder)],
+            routers=[build_proxy_router(known)],
             grpc_registrars=[proxy_registrar(grpc_proxy)],
             probes={"redis": redis_probe},
             background=[audit.run, openapi.run],
-            on_shutdown=[forwarder.close, routes.close, grpc_proxy.close, openapi.aclose, redis.aclose],
-            rest_auth_middleware=guard_factory(deps, inner=lambda app: ProxyApp(app, forwarder)),
+            on_shutdown=[routes.close, grpc_proxy.close, openapi.aclose, redis.aclose,
+                         *([exchanger.aclose] if exchanger is not None else [])],
+            rest_auth_middleware=guard_factory(deps, inner=lambda app: ProxyApp(app, known)),
             grpc_auth_interceptor=GatewayAuthInterceptor(verifier, audit),
             collectors=[GatewayCollector(verifier, audit)],
             fast_routes=routes,  # the edge takes the public port; the app sits behind it
@@ -114,7 +106,7 @@ def build_gateway(settings: GatewaySettings, *, verifier: TokenVerifier | None =
     built["host"] = host
     host.app.openapi = built["openapi"].document  # type: ignore[method-assign]
     return Gateway(host=host, audit=built["audit"], openapi=built["openapi"],
-                   grpc_proxy=built["grpc_proxy"], forwarder=built["forwarder"], routes=built["routes"])
+                   grpc_proxy=built["grpc_proxy"], routes=built["routes"])
 
 
 @contextlib.contextmanager

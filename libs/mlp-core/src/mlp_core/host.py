@@ -343,9 +343,6 @@ def _instrument_fastapi(app: FastAPI) -> None:
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
 
 
-_grpc_instrumented = False
-
-
 def _instrument_grpc() -> None:
     """Trace context on every outgoing grpc.aio call of the process (channels are patched globally).
 
@@ -355,13 +352,9 @@ def _instrument_grpc() -> None:
     ``tracestate``/``baggage``) of the current context to the metadata; the callee's server span is
     then the child of the caller's current span. No client span is recorded.
     """
-    global _grpc_instrumented
-    if _grpc_instrumented:
-        return
     from mlp_core.grpc import install_trace_context_propagation
 
-    install_trace_context_propagation()
-    _grpc_instrumented = True
+    install_trace_context_propagation()  # idempotent
 
 
 _GRPC_TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})

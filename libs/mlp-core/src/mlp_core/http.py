@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,15 +26,25 @@ def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None
                         media_type=PROBLEM_CONTENT_TYPE)
 
 
-def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    errors = []
-    for err in exc.errors():
-        errors.append({
-            "loc": [str(p) for p in err.get("loc", ())],
-            "msg": str(err.get("msg", "")),
-            "type": str(err.get("type", "")),
-        })
-    return errors
+async def send_problem(scope: Scope, send: Send, exc: DomainError, *, trace_id: str | None = None) -> None:
+    """``exc`` as an RFC 9457 problem+json response from plain ASGI code (middleware), never cached."""
+    body = json.dumps(exc.problem(instance=scope.get("path"), trace_id=trace_id)).encode()
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def validation_problem(raw: Sequence[Any], loc_prefix: Sequence[str] = ()) -> tuple[str, list[dict[str, Any]]]:
+    """(detail, errors) of a 422 ``validation-error`` problem from pydantic-style error dicts."""
+    errors = [{"loc": [*loc_prefix, *(str(p) for p in err.get("loc", ()))], "msg": str(err.get("msg", "")),
+               "type": str(err.get("type", ""))} for err in raw]
+    first = errors[0] if errors else {"loc": [*loc_prefix], "msg": "invalid request"}
+    return (f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else str(first["msg"])), errors
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -45,9 +57,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _validation_errors(exc)
-        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        detail = f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else first["msg"]
+        detail, errors = validation_problem(exc.errors())
         body = {
             "type": PROBLEM_BASE + "validation-error",
             "title": "Request validation failed",

@@ -102,7 +102,7 @@ _SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
 _HEX = frozenset(b"0123456789abcdef")
 
 
-def _parse_traceparent(value: bytes) -> trace.SpanContext | None:
+def parse_traceparent(value: bytes) -> trace.SpanContext | None:
     """A plain ``00-<trace>-<span>-<flags>`` traceparent, parsed directly (the propagator's rules for
     version 00); ``None`` for anything else, which then goes through the full propagator."""
     if len(value) != 55 or value[:3] != b"00-" or value[35:36] != b"-" or value[52:53] != b"-" \
@@ -118,7 +118,7 @@ def _parse_traceparent(value: bytes) -> trace.SpanContext | None:
 def incoming_context(carrier: dict[str, bytes]) -> otel_context.Context:
     """The caller's trace context from ``traceparent``/``tracestate``/``baggage`` values, or a fresh
     trace id (as a recording server span would have given) when there is no valid ``traceparent``."""
-    parsed = _parse_traceparent(carrier["traceparent"]) if len(carrier) == 1 and "traceparent" in carrier \
+    parsed = parse_traceparent(carrier["traceparent"]) if len(carrier) == 1 and "traceparent" in carrier \
         else None
     if parsed is not None:  # the common case (the gateway always sends one): no propagator run
         return trace.set_span_in_context(trace.NonRecordingSpan(parsed), otel_context.Context())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated
 from urllib.parse import parse_qsl
@@ -12,7 +11,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlp_core.auth.principal import Principal, reset_current_principal, set_current_principal
 from mlp_core.auth.verifier import TokenVerifier
-from mlp_core.errors import PROBLEM_CONTENT_TYPE, Unauthenticated
+from mlp_core.errors import Unauthenticated
+from mlp_core.http import send_problem
 
 DEFAULT_PUBLIC_PATHS: tuple[str, ...] = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc")
 
@@ -34,8 +34,24 @@ def bearer_token(authorization: str | None) -> str:
     return token
 
 
-def _is_public(path: str, prefixes: tuple[str, ...]) -> bool:
+def is_public_path(path: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``path`` is one of ``prefixes`` or below one (``/docs`` covers ``/docs/oauth2-redirect``)."""
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+async def authenticate(verifier: TokenVerifier, query: bytes, headers: Iterable[tuple[bytes, bytes]]) -> Principal:
+    """The caller of a request (its query string and lower-cased raw headers); ``Unauthenticated``
+    for a token in the query, several Authorization headers, a missing or malformed one, or a bad token."""
+    if any(name == "access_token" for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)):
+        raise Unauthenticated(
+            "access tokens are not accepted in the query string; use the Authorization header",
+            headers={"WWW-Authenticate": 'Bearer realm="mlp", error="invalid_request"'},
+        )
+    values = [v for k, v in headers if k == b"authorization"]
+    if len(values) > 1:
+        raise Unauthenticated("more than one Authorization header",
+                              headers={"WWW-Authenticate": 'Bearer realm="mlp", error="invalid_request"'})
+    return await verifier.verify(bearer_token(values[0].decode("latin-1") if values else None))
 
 
 class AuthMiddleware:
@@ -53,11 +69,11 @@ class AuthMiddleware:
         self.public_paths = tuple(public_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or _is_public(scope.get("path", ""), self.public_paths):
+        if scope["type"] not in ("http", "websocket") or is_public_path(scope.get("path", ""), self.public_paths):
             await self.app(scope, receive, send)
             return
         try:
-            principal = await self._authenticate(scope)
+            principal = await authenticate(self.verifier, scope.get("query_string", b""), scope.get("headers", []))
         except Unauthenticated as exc:
             await self._refuse(scope, receive, send, exc)
             return
@@ -68,33 +84,11 @@ class AuthMiddleware:
         finally:
             reset_current_principal(ctx)
 
-    async def _authenticate(self, scope: Scope) -> Principal:
-        query = scope.get("query_string", b"").decode("latin-1")
-        if any(name == "access_token" for name, _ in parse_qsl(query, keep_blank_values=True)):
-            raise Unauthenticated(
-                "access tokens are not accepted in the query string; use the Authorization header",
-                headers={"WWW-Authenticate": 'Bearer realm="mlp", error="invalid_request"'},
-            )
-        values = [v for k, v in scope.get("headers", []) if k == b"authorization"]
-        if len(values) > 1:
-            raise Unauthenticated("more than one Authorization header",
-                                  headers={"WWW-Authenticate": 'Bearer realm="mlp", error="invalid_request"'})
-        header = values[0].decode("latin-1") if values else None
-        return await self.verifier.verify(bearer_token(header))
-
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: Unauthenticated) -> None:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": "unauthenticated"})
             return
-        body = json.dumps(exc.problem(instance=scope.get("path"))).encode()
-        headers: list[tuple[bytes, bytes]] = [
-            (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
-            (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
-        ]
-        headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in exc.headers.items()]
-        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_problem(scope, send, exc)
 
 
 def request_principal(request: Request) -> Principal:

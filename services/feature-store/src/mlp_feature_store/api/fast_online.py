@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 import orjson
 from opentelemetry import context as otel_context
 from pydantic import ValidationError
 
-from mlp_core.auth import AuthMiddleware, TokenVerifier
+from mlp_core.auth import TokenVerifier
 from mlp_core.auth.principal import reset_current_principal, set_current_principal
+from mlp_core.auth.rest import authenticate
 from mlp_core.edge import Connection, Handler, Request, response_head
 from mlp_core.errors import DomainError
+from mlp_core.http import validation_problem
 from mlp_core.telemetry import current_trace_id, incoming_context
 from mlp_feature_store.api.rest_io import OnlineIn, online_json
 from mlp_feature_store.domain.service import FeatureStoreService
@@ -48,7 +49,7 @@ class OnlineRoutes:
 
     def __init__(self, service: FeatureStoreService, verifier: TokenVerifier) -> None:
         self.service = service
-        self.auth = AuthMiddleware(None, verifier)  # type: ignore[arg-type]  # its checks, not its ASGI part
+        self.verifier = verifier
         self._route: tuple[Handler, str] = (self.handle, TEMPLATE)
 
     def __call__(self, method: str, path: str) -> tuple[Handler, str] | None:
@@ -66,9 +67,7 @@ class OnlineRoutes:
         context_token = otel_context.attach(incoming_context(carrier))
         principal_token = None
         try:
-            scope: dict[str, Any] = {"type": "http", "path": path, "query_string": request.query,
-                                     "headers": request.headers}
-            principal = await self.auth._authenticate(scope)
+            principal = await authenticate(self.verifier, request.query, request.headers)
             principal_token = set_current_principal(principal)
             body = _parse(request.body_bytes())
             result = await self.service.retrieval.online_async(
@@ -97,11 +96,9 @@ def _parse(body: bytes) -> OnlineIn:
             try:  # FastAPI reports where Python's decoder stopped
                 json.loads(body)
             except ValueError as bad:
-                at = str(getattr(bad, "pos", 0))
-                raise RequestInvalid(f"body.{at}: JSON decode error", errors=[
-                    {"loc": ["body", at], "msg": "JSON decode error", "type": "json_invalid"}]) from None
-        errors = [{"loc": ["body", *(str(p) for p in err.get("loc", ()))], "msg": str(err.get("msg", "")),
-                   "type": str(err.get("type", ""))} for err in exc.errors()]
-        first = errors[0] if errors else {"loc": ["body"], "msg": "invalid request"}
-        raise RequestInvalid(f"{'.'.join(first['loc'])}: {first['msg']}", errors=errors) from None
+                detail, errors = validation_problem(
+                    [{"loc": (getattr(bad, "pos", 0),), "msg": "JSON decode error", "type": "json_invalid"}], ("body",))
+                raise RequestInvalid(detail, errors=errors) from None
+        detail, errors = validation_problem(exc.errors(), loc_prefix=("body",))
+        raise RequestInvalid(detail, errors=errors) from None
 
