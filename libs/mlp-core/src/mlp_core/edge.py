@@ -42,6 +42,7 @@ from mlp_core.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from mlp_core.grpc_edge import GrpcRoutes, H2Connection
 from mlp_core.telemetry import HttpMetrics
 
 log = logging.getLogger(__name__)
@@ -374,6 +375,9 @@ class EdgeConfig:
     max_connections: int = 10_000  # open client connections; more are closed at once
     #: Told of each request refused while it was read (413), after the answer (e.g. to audit it).
     on_refused: Callable[[Request, DomainError], Awaitable[None]] | None = None
+    #: Unary gRPC methods answered on this port too: a connection that opens with the HTTP/2 preface
+    #: is served by ``mlp_core.grpc_edge`` (h2c); ``None``: such a connection gets a 400.
+    grpc: GrpcRoutes | None = None
 
 
 class Edge:
@@ -384,7 +388,7 @@ class Edge:
         self.server: asyncio.AbstractServer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.fallback: UpstreamPool | None = None
-        self.connections: set[Connection] = set()
+        self.connections: set[Connection | H2Connection] = set()
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def start(self, host: str, port: int) -> int:
@@ -437,6 +441,7 @@ class Connection(asyncio.Protocol):
         self._reading_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self.receiving = False
+        self._first: bytes | None = b""  # the connection's first bytes, until HTTP/1.1 or HTTP/2 is known
 
     # -- connection --------------------------------------------------------------------------------
 
@@ -497,12 +502,31 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        if self._first is not None and self.edge.config.grpc is not None:
+            data = self._first + data
+            if len(data) < 4 and b"PRI ".startswith(data):
+                self._first = data
+                return
+            self._first = None
+            if data.startswith(b"PRI "):  # the HTTP/2 preface: a gRPC client
+                self._to_h2(data)
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._refuse_raw(MalformedRequest("upgrades (WebSocket, h2c) are not supported by the gateway"))
         except httptools.HttpParserError:
             self._refuse_raw(MalformedRequest("malformed HTTP request"))
+
+    def _to_h2(self, data: bytes) -> None:
+        """Hand the connection over to the HTTP/2 gRPC protocol."""
+        assert self.transport is not None and self.edge.config.grpc is not None
+        self._disarm()
+        self.edge.connections.discard(self)
+        h2 = H2Connection(self.edge.config.grpc, self.transport, self.peer, self.edge.connections.discard)
+        self.edge.connections.add(h2)
+        self.transport.set_protocol(h2)
+        h2.data_received(data)
 
     def _refuse_raw(self, exc: DomainError) -> None:
         _, data = problem_bytes(exc, "", None, close=True)
