@@ -143,11 +143,11 @@ def _native_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int,
 
     out: list[Cell] = []
 
-    def grpc_cell(path: str, n: int, method: str, message: bytes) -> None:
+    def grpc_cell(path: str, n: int, method: str, message: bytes, port: int = grpc_port) -> None:
         for conc in (1, 16):
             cpu = _cpu_s(pid)
             before = native.grpc_counts(http_port, method).get("OK", 0.0)
-            stats = native.h2load_grpc(grpc_port, http_port, method, message, token, clients=1, streams=conc,
+            stats = native.h2load_grpc(port, http_port, method, message, token, clients=1, streams=conc,
                                        seconds=seconds)
             calls = native.grpc_counts(http_port, method).get("OK", 0.0) - before
             out.append(Cell(path, n, conc, stats, (_cpu_s(pid) - cpu) / calls * 1e6))
@@ -159,6 +159,8 @@ def _native_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int,
         request = _grpc_request(bench, _ids(1, n, entities))
         _check_grpc(bench, token, grpc_port, request, n)
         grpc_cell("gRPC", n, GRPC_METHOD, request.SerializeToString())
+        _check_grpc(bench, token, fast_port, request, n)  # the same call on the fast port (h2c, mlp_core.grpc_edge)
+        grpc_cell("gRPC, fast port", n, GRPC_METHOD, request.SerializeToString(), fast_port)
         if n == 100:  # the older per-column status shape, for comparison
             request = _grpc_request(bench, _ids(1, n, entities), status_per_view=False)
             _check_grpc(bench, token, grpc_port, request, n)

@@ -4,11 +4,16 @@ the gRPC byte proxy (unary, streaming, deadlines, cancellation) and the merged O
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from pathlib import Path
 
 import grpc
 import pytest
 from gateway_support import RunningGateway, Service, bearer, gateway_settings, md, running_gateway
 
+from mlp_core.edge import Edge, EdgeConfig
+from mlp_core.errors import NotFound
+from mlp_core.grpc_edge import GrpcCall, GrpcRoutes
 from mlp_core.testing.tokens import TestIssuer
 
 FS = "/mlp.featurestore.v1.FeatureStoreService"
@@ -209,3 +214,42 @@ async def test_routes_outside_the_proxy_templates_still_reach_the_router(gateway
     assert redirect.status_code in (307, 404)
     options = await gateway.client.options("/api/v1/feature-store/whoami", headers=bearer(token))
     assert options.status_code == 405
+
+
+async def test_grpc_online_reads_go_to_the_feature_stores_fast_port(
+        tmp_path: Path, pg_url: str, redis_url: str, test_issuer: TestIssuer, service: Service) -> None:
+    """With an online upstream, GetOnlineFeatures goes there over h2c (mlp_core.grpc_edge); other methods don't."""
+    seen: list[dict[bytes, bytes]] = []
+
+    async def online(call: GrpcCall) -> bytes:
+        seen.append(dict(call.metadata))
+        if call.message == b"missing":
+            raise NotFound("project 'nope' not found")
+        return b"fast:" + call.message
+
+    edge = Edge(EdgeConfig(lambda _m, _p: None, grpc=GrpcRoutes({f"{FS}/GetOnlineFeatures": online})))
+    port = await edge.start("127.0.0.1", 0)
+    settings = gateway_settings(tmp_path, pg_url, redis_url, test_issuer.issuer, service,
+                                gateway_upstream_feature_store_online=f"http://127.0.0.1:{port}")
+    token = test_issuer.mint(scope="features:read features:write", projects=["p1"], sub="bob")
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    try:
+        async with running_gateway(settings, test_issuer) as gw:
+            reply = await gw.stub(f"{FS}/GetOnlineFeatures")(b"req", metadata=(*md(token), ("traceparent", trace)))
+            assert reply == b"fast:req"
+            assert seen[-1][b"authorization"] == f"Bearer {token}".encode()
+            assert seen[-1][b"traceparent"] == trace.encode()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await gw.stub(f"{FS}/GetOnlineFeatures")(b"missing", metadata=md(token))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert err.value.details() == "project 'nope' not found"
+            with pytest.raises(grpc.aio.AioRpcError) as err:  # the gateway's own checks still come first
+                await gw.stub(f"{FS}/GetOnlineFeatures")(b"req", metadata=[])
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert len(seen) == 2
+            before = len(service.state.grpc_metadata)
+            with contextlib.suppress(grpc.aio.AioRpcError):  # no such thing: answered by the service's main port
+                await gw.stub(f"{FS}/GetThing")(b"1", metadata=md(token))
+            assert len(service.state.grpc_metadata) == before + 1 and len(seen) == 2
+    finally:
+        await edge.close()

@@ -110,8 +110,11 @@ class GrpcProxy(grpc.GenericRpcHandler):
     """Generic handler: routes each known method to the owning service's gRPC address."""
 
     def __init__(self, upstreams: dict[str, str], *, limiter: RateLimiter | None, audit: AuditLog | None,
-                 exchanger: TokenExchanger | None = None, default_timeout_s: float = 30.0) -> None:
+                 exchanger: TokenExchanger | None = None, default_timeout_s: float = 30.0,
+                 method_upstreams: dict[str, str] | None = None) -> None:
         self.upstreams = upstreams
+        #: methods a service serves on another address (the feature store's fast port), by full method path
+        self.method_upstreams = method_upstreams or {}
         self.limiter = limiter
         self.audit = audit
         self.exchanger = exchanger
@@ -125,16 +128,17 @@ class GrpcProxy(grpc.GenericRpcHandler):
         if route is None or route[0] not in self.upstreams:
             return None
         service, scope = route
-        return grpc.stream_stream_rpc_method_handler(self._handler(method, service, scope))
+        address = self.method_upstreams.get(method) or self.upstreams[service]
+        return grpc.stream_stream_rpc_method_handler(self._handler(method, service, scope, address))
 
-    def channel(self, service: str) -> grpc.aio.Channel:
-        """One pooled channel per upstream (HTTP/2 multiplexes every call)."""
-        channel = self._channels.get(service)
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """One pooled channel per upstream address (HTTP/2 multiplexes every call)."""
+        channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(self.upstreams[service], options=[
+            channel = grpc.aio.insecure_channel(address, options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024)])
-            self._channels[service] = channel
+            self._channels[address] = channel
         return channel
 
     async def close(self) -> None:
@@ -143,7 +147,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
             await channel.close()
         self._channels.clear()
 
-    def _handler(self, method: str, service: str, scope: str) -> Callable[..., AsyncIterator[bytes]]:
+    def _handler(self, method: str, service: str, scope: str, address: str) -> Callable[..., AsyncIterator[bytes]]:
         async def proxy(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
                         ) -> AsyncIterator[bytes]:
             principal = current_principal()
@@ -163,7 +167,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
             metadata += [(k, str(v)) for k, v in (context.invocation_metadata() or ()) if k in _FORWARD_METADATA]
             remaining = context.time_remaining()
             timeout = remaining if remaining is not None and remaining < 1e9 else self.default_timeout_s
-            call = self.channel(service).stream_stream(method)(requests, metadata=metadata, timeout=timeout)
+            call = self.channel(address).stream_stream(method)(requests, metadata=metadata, timeout=timeout)
             # A client that cancels ends our RPC without always cancelling this task: stop upstream too.
             context.add_done_callback(lambda _ctx: call.cancel())
             code, detail = grpc.StatusCode.OK, ""

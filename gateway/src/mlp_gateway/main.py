@@ -67,7 +67,8 @@ def build_gateway(settings: GatewaySettings, *, verifier: TokenVerifier | None =
                          queue_size=settings.gateway_audit_queue_size)
         exchanger = _exchanger(settings)
         grpc_proxy = GrpcProxy(settings.grpc_upstreams(), limiter=limiter, audit=audit, exchanger=exchanger,
-                               default_timeout_s=settings.gateway_upstream_timeout_s)
+                               default_timeout_s=settings.gateway_upstream_timeout_s,
+                               method_upstreams=settings.grpc_method_upstreams())
         openapi = OpenApiAggregator(settings.upstreams(), base=lambda: _own_openapi(built["host"]),
                                     refresh_s=settings.gateway_openapi_refresh_s)
         deps = GuardDeps(dpop=DpopVerifier(RedisReplayCache(redis), max_age_s=settings.gateway_dpop_max_age_s),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from pydantic import Field
 
 from mlp_core.settings import CoreSettings
@@ -54,11 +56,20 @@ class GatewaySettings(CoreSettings):
 
     gateway_upstream_feature_store_online: str = Field(
         default="", description="base URL of the feature store's fast online-read port (its "
-        "MLP_FEATURE_STORE_ONLINE_PORT); empty: online reads go to MLP_GATEWAY_UPSTREAM_FEATURE_STORE")
+        "MLP_FEATURE_STORE_ONLINE_PORT): REST online reads and gRPC GetOnlineFeatures go there; empty: to "
+        "MLP_GATEWAY_UPSTREAM_FEATURE_STORE and MLP_GATEWAY_GRPC_UPSTREAM_FEATURE_STORE")
 
     def route_upstreams(self) -> dict[str, str]:
         """Path pattern → base URL, for routes a service serves on another port (first match wins)."""
         return {r"^/api/v1/feature-store/projects/[^/]+/online-features$": self.gateway_upstream_feature_store_online}
+
+    def grpc_method_upstreams(self) -> dict[str, str]:
+        """Full gRPC method → ``host:port``, for methods a service also serves on another port: the feature
+        store's fast port answers ``GetOnlineFeatures`` over h2c."""
+        if not self.gateway_upstream_feature_store_online:
+            return {}
+        online = urlsplit(self.gateway_upstream_feature_store_online)
+        return {"/mlp.featurestore.v1.FeatureStoreService/GetOnlineFeatures": online.netloc}
 
     def upstreams(self) -> dict[str, str]:
         """Service name → REST base URL."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import httpx
 import pytest
@@ -280,3 +282,53 @@ async def test_grpc_calls_carry_the_callers_trace_context_without_an_exporter(te
     assert seen[0] == trace_id and seen[3] == trace_id
     # without one, each call gets a fresh trace of its own (nothing leaks from an earlier call)
     assert seen[1] and seen[2] and len({seen[1], seen[2], trace_id}) == 3
+
+
+async def test_malformed_grpc_requests_are_invalid_argument(test_issuer: TestIssuer) -> None:
+    """grpc.aio answers UNKNOWN with the decoder's exception when a request does not parse; ours say what."""
+    seen: list[object] = []
+
+    async def check(request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> Any:
+        seen.append(request)
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    async def count(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        services = [r.service async for r in requests]
+        seen.append(services)
+        return health_pb2.HealthCheckResponse(status=len(services))
+
+    decode, encode = health_pb2.HealthCheckRequest.FromString, health_pb2.HealthCheckResponse.SerializeToString
+    handler = grpc.method_handlers_generic_handler("mlp.test.v1.Parse", {
+        "Check": grpc.unary_unary_rpc_method_handler(check, decode, encode),
+        "Count": grpc.stream_unary_rpc_method_handler(count, decode, encode),
+    })
+
+    def register(server: grpc.aio.Server) -> str:
+        server.add_generic_rpc_handlers((handler,))
+        return "mlp.test.v1.Parse"
+
+    port = free_port()
+    settings = CoreSettings(service_name="test", oidc_issuer=test_issuer.issuer, grpc_port=port)
+    host = ServiceHost(settings, ServiceParts(title="t", grpc_registrars=[register]), verifier=test_issuer.verifier())
+    await host.start_background()
+    md = [("authorization", f"Bearer {test_issuer.mint()}")]
+    good = health_pb2.HealthCheckRequest(service="a").SerializeToString()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            unary = channel.unary_unary("/mlp.test.v1.Parse/Check")
+            answer = health_pb2.HealthCheckResponse.FromString(await unary(good, metadata=md))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING and len(seen) == 1
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await unary(b"\xff\xff\xff", metadata=md)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert info.value.details() == "the request is not a valid grpc.health.v1.HealthCheckRequest message"
+            streamed = channel.stream_unary("/mlp.test.v1.Parse/Count")
+            answer = health_pb2.HealthCheckResponse.FromString(await streamed(iter([good, good]), metadata=md))
+            assert answer.status == 2
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await streamed(iter([good, b"\xff\xff\xff"]), metadata=md)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert len(seen) == 2  # neither bad call reached a handler's end
+        assert 'code="INVALID_ARGUMENT"' in generate_latest(host.registry).decode()
+    finally:
+        await host.stop_background()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mlp_core.errors import DomainError
+from mlp_core.errors import DomainError, InvalidArgument
 from mlp_core.telemetry import GrpcMetrics
 
 log = logging.getLogger(__name__)
@@ -23,23 +23,42 @@ HandlerWrapper = Callable[[Any, grpc.HandlerCallDetails], Any]
 
 
 def wrap_method_handler(handler: grpc.RpcMethodHandler, wrap: HandlerWrapper,
-                        details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-    """Return ``handler`` with its behaviour replaced by ``wrap(behaviour, details)``, any arity."""
+                        details: grpc.HandlerCallDetails, *, raw_requests: bool = False) -> grpc.RpcMethodHandler:
+    """Return ``handler`` with its behaviour replaced by ``wrap(behaviour, details)``, any arity.
+
+    ``raw_requests``: the wrapped behaviour gets the request bytes and decodes them itself.
+    """
+    decode = None if raw_requests else handler.request_deserializer
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            wrap(handler.unary_unary, details), handler.request_deserializer, handler.response_serializer)
+            wrap(handler.unary_unary, details), decode, handler.response_serializer)
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            wrap(handler.unary_stream, details), handler.request_deserializer, handler.response_serializer)
+            wrap(handler.unary_stream, details), decode, handler.response_serializer)
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            wrap(handler.stream_unary, details), handler.request_deserializer, handler.response_serializer)
+            wrap(handler.stream_unary, details), decode, handler.response_serializer)
     return grpc.stream_stream_rpc_method_handler(
-        wrap(handler.stream_stream, details), handler.request_deserializer, handler.response_serializer)
+        wrap(handler.stream_stream, details), decode, handler.response_serializer)
+
+
+def decode_request(decode: Callable[[bytes], Any], data: bytes) -> Any:
+    """``decode(data)``, or INVALID_ARGUMENT naming the expected message (grpc.aio itself answers UNKNOWN
+    with the exception's class and text when its deserializer fails)."""
+    try:
+        return decode(data)
+    except Exception:
+        kind = getattr(getattr(getattr(decode, "__self__", None), "DESCRIPTOR", None), "full_name", "request")
+        raise InvalidArgument(f"the request is not a valid {kind} message") from None
 
 
 def _is_streaming_response(handler: grpc.RpcMethodHandler) -> bool:
     return bool(handler.response_streaming)
+
+
+async def _decoded(decode: Callable[[bytes], Any], requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+    async for raw in requests:
+        yield decode_request(decode, raw)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -56,9 +75,19 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        if _is_streaming_response(handler):
-            return wrap_method_handler(handler, self._wrap_stream, handler_call_details)
-        return wrap_method_handler(handler, self._wrap_unary, handler_call_details)
+        wrap = self._wrap_stream if _is_streaming_response(handler) else self._wrap_unary
+        decode = handler.request_deserializer
+        if decode is None:
+            return wrap_method_handler(handler, wrap, handler_call_details)
+        # Requests are decoded inside the wrapper, so a malformed one is INVALID_ARGUMENT like any bad input.
+        streaming = bool(handler.request_streaming)
+
+        def decoding(behaviour: Any, details: grpc.HandlerCallDetails) -> Any:
+            if streaming:
+                return wrap(lambda raw, context: behaviour(_decoded(decode, raw), context), details)
+            return wrap(lambda raw, context: behaviour(decode_request(decode, raw), context), details)
+
+        return wrap_method_handler(handler, decoding, handler_call_details, raw_requests=True)
 
     def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
         if self.metrics is not None:

@@ -42,6 +42,7 @@ Probe = Callable[[], Awaitable[None] | None]
 BackgroundTask = Callable[[asyncio.Event], Awaitable[None]]
 if TYPE_CHECKING:
     from mlp_core.edge import Edge, Router
+    from mlp_core.grpc_edge import GrpcHandler
 
 T = TypeVar("T")
 
@@ -77,6 +78,9 @@ class ServiceParts:
     fast_max_body_bytes: int = 10 * 1024 * 1024
     #: Told of each fast-route request refused while it was read (413), e.g. to audit it.
     fast_on_refused: Callable[..., Awaitable[None]] | None = None
+    #: Unary gRPC methods the fast port also answers (``mlp_core.grpc_edge``, h2c), by full method path;
+    #: the same methods stay on the gRPC server with its interceptors.
+    fast_grpc_routes: dict[str, GrpcHandler] | None = None
 
 
 class ServiceHost:
@@ -254,11 +258,15 @@ class ServiceHost:
         bound = port if behind_edge else int(server.servers[0].sockets[0].getsockname()[1])
         if parts.fast_routes is not None and (behind_edge or parts.fast_port):
             from mlp_core.edge import Edge, EdgeConfig
+            from mlp_core.grpc_edge import GrpcRoutes
 
+            grpc_routes = None if not parts.fast_grpc_routes else GrpcRoutes(
+                parts.fast_grpc_routes, service=self.settings.service_name, metrics=self.grpc_metrics,
+                max_message_bytes=parts.fast_max_body_bytes)
             self.edge = Edge(EdgeConfig(parts.fast_routes, fallback_uds=where.get("uds", ""),
                                         service=self.settings.service_name, metrics=self.http_metrics,
                                         max_body_bytes=parts.fast_max_body_bytes,
-                                        on_refused=parts.fast_on_refused))
+                                        on_refused=parts.fast_on_refused, grpc=grpc_routes))
             edge_port = await self.edge.start(host, port if behind_edge else int(parts.fast_port or 0))
             if behind_edge:
                 bound = edge_port

@@ -13,7 +13,7 @@ from mlp_core import bootstrap
 from mlp_core.db import Database
 from mlp_core.events import EventConsumer, OutboxRelay
 from mlp_core.host import BackgroundTask, ServiceHost, ServiceParts, setup_process
-from mlp_feature_store.api.fast_online import OnlineRoutes
+from mlp_feature_store.api.fast_online import OnlineGrpc, OnlineRoutes
 from mlp_feature_store.api.grpc import grpc_registrar
 from mlp_feature_store.api.metrics import QualityCollector
 from mlp_feature_store.api.rest import build_router
@@ -123,6 +123,7 @@ def build_host(settings: FeatureStoreSettings, transforms: TransformRegistry | N
     if settings.feature_store_online_port and host.verifier is not None:
         # Online reads also on a port of their own, answered without the ASGI stack (same checks).
         host.parts.fast_routes = OnlineRoutes(wirings[-1].service, host.verifier)
+        host.parts.fast_grpc_routes = OnlineGrpc(wirings[-1].service, host.verifier).routes()
         host.parts.fast_port = settings.feature_store_online_port
     return host
 

@@ -33,6 +33,13 @@ def principal_from_context(context: grpc.aio.ServicerContext[Any, Any]) -> Princ
     return current_principal()
 
 
+async def verify_authorization(verifier: TokenVerifier, values: list[str]) -> Principal:
+    """The caller named by a call's ``authorization`` metadata values (exactly one bearer token)."""
+    if len(values) > 1:
+        raise Unauthenticated("more than one authorization metadata entry")
+    return await verifier.verify(bearer_token(values[0] if values else None))
+
+
 def _bind(principal: Principal, context: Any) -> None:
     try:
         setattr(context, _PRINCIPAL_ATTR, principal)
@@ -125,11 +132,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         try:
-            values = [str(v) for k, v in (handler_call_details.invocation_metadata or ())
-                      if k == "authorization"]
-            if len(values) > 1:
-                raise Unauthenticated("more than one authorization metadata entry")
-            principal = await self.verifier.verify(bearer_token(values[0] if values else None))
+            principal = await verify_authorization(self.verifier, [
+                str(v) for k, v in (handler_call_details.invocation_metadata or ()) if k == "authorization"])
         except Unauthenticated as exc:
             return _refusal(handler, exc)
         if handler is None:

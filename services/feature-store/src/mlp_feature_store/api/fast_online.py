@@ -1,9 +1,11 @@
-"""Online reads over REST on the feature store's fast port (``MLP_FEATURE_STORE_ONLINE_PORT``).
+"""Online reads on the feature store's fast port (``MLP_FEATURE_STORE_ONLINE_PORT``), REST and gRPC.
 
-The same request, checks and answer as ``POST /api/v1/feature-store/projects/{project}/online-features``
+REST: the same request, checks and answer as ``POST /api/v1/feature-store/projects/{project}/online-features``
 on the app (same body model, token checks, domain call, JSON and problem+json), served by
-``mlp_core.edge`` without the ASGI stack: the hot path of enterprise apps that read features per
-prediction. Every other path on that port is a 404 problem; the app's port serves the whole API.
+``mlp_core.edge`` without the ASGI stack. gRPC (h2c on the same port, ``mlp_core.grpc_edge``):
+``FeatureStoreService/GetOnlineFeatures`` with the gRPC server's token check, domain call and status
+codes. This is the hot path of enterprise apps that read features per prediction. Every other path
+on that port is a 404 problem (REST) or UNIMPLEMENTED (gRPC); the main ports serve the whole API.
 """
 
 from __future__ import annotations
@@ -16,14 +18,19 @@ from opentelemetry import context as otel_context
 from pydantic import ValidationError
 
 from mlp_core.auth import TokenVerifier
+from mlp_core.auth.grpc import verify_authorization
 from mlp_core.auth.principal import reset_current_principal, set_current_principal
 from mlp_core.auth.rest import authenticate
 from mlp_core.edge import Connection, Handler, Request, response_head
 from mlp_core.errors import DomainError
+from mlp_core.grpc import decode_request
+from mlp_core.grpc_edge import GrpcCall, GrpcHandler
 from mlp_core.http import validation_problem
 from mlp_core.telemetry import current_trace_id, incoming_context
+from mlp_feature_store.api.grpc import online_features
 from mlp_feature_store.api.rest_io import OnlineIn, online_json
 from mlp_feature_store.domain.service import FeatureStoreService
+from mlp_protos.mlp.featurestore.v1 import featurestore_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,7 @@ SUFFIX = "/online-features"
 TEMPLATE = PREFIX + "{project}" + SUFFIX
 _TRACE_KEYS = frozenset({b"traceparent", b"tracestate", b"baggage"})
 _JSON = [(b"content-type", b"application/json")]
+GET_ONLINE_FEATURES = f"/{pb.DESCRIPTOR.services_by_name['FeatureStoreService'].full_name}/GetOnlineFeatures"
 
 
 class RequestInvalid(DomainError):
@@ -86,6 +94,29 @@ class OnlineRoutes:
             if principal_token is not None:
                 reset_current_principal(principal_token)
             otel_context.detach(context_token)
+
+
+class OnlineGrpc:
+    """``GetOnlineFeatures`` over gRPC on the fast port: token, decode, read, encode."""
+
+    def __init__(self, service: FeatureStoreService, verifier: TokenVerifier) -> None:
+        self.service = service
+        self.verifier = verifier
+
+    def routes(self) -> dict[str, GrpcHandler]:
+        return {GET_ONLINE_FEATURES: self.get_online_features}
+
+    async def get_online_features(self, call: GrpcCall) -> bytes:
+        # In the grpc.aio server's order: the token (AuthInterceptor), then the message, then the call.
+        principal = await verify_authorization(
+            self.verifier, [v.decode("latin-1") for k, v in call.metadata if k == b"authorization"])
+        request = decode_request(pb.GetOnlineFeaturesRequest.FromString, call.message)
+        token = set_current_principal(principal)
+        try:
+            response = await online_features(self.service, request)
+        finally:
+            reset_current_principal(token)
+        return response.SerializeToString()
 
 
 def _parse(body: bytes) -> OnlineIn:

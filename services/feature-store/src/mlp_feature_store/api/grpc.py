@@ -49,6 +49,21 @@ async def _run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
+async def online_features(service: FeatureStoreService, request: pb.GetOnlineFeaturesRequest
+                          ) -> pb.GetOnlineFeaturesResponse:
+    """``GetOnlineFeatures`` for the current principal (the gRPC server and the fast port both call this)."""
+    entities = cv.columns_from_pb(request.entities)
+    staleness = None
+    if request.HasField("max_staleness"):
+        staleness = request.max_staleness.seconds + request.max_staleness.nanos / 1e9
+        if staleness <= 0:
+            raise InvalidArgument("max_staleness must be positive")
+    result = await service.retrieval.online_async(
+        current_principal(), request.project, entities, features=list(request.features) or None,
+        feature_service=request.feature_service or None, max_staleness_s=staleness)
+    return cv.online_to_pb(result, result.dtypes, request.full_feature_names, request.status_per_view)
+
+
 class FeatureStoreServicer(pb_grpc.FeatureStoreServiceServicer):
     """Each RPC: convert the request, call the domain service as the current principal, convert back."""
 
@@ -169,16 +184,7 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServiceServicer):
     async def GetOnlineFeatures(self, request: pb.GetOnlineFeaturesRequest, context: grpc.aio.ServicerContext
                                 ) -> pb.GetOnlineFeaturesResponse:
         """Latest values for a batch of entities: one pipelined Redis round trip, packed columns."""
-        entities = cv.columns_from_pb(request.entities)
-        staleness = None
-        if request.HasField("max_staleness"):
-            staleness = request.max_staleness.seconds + request.max_staleness.nanos / 1e9
-            if staleness <= 0:
-                raise InvalidArgument("max_staleness must be positive")
-        result = await self.service.retrieval.online_async(
-            current_principal(), request.project, entities, features=list(request.features) or None,
-            feature_service=request.feature_service or None, max_staleness_s=staleness)
-        return cv.online_to_pb(result, result.dtypes, request.full_feature_names, request.status_per_view)
+        return await online_features(self.service, request)
 
     # -- writes -----------------------------------------------------------------------------
 
