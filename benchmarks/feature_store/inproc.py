@@ -1,7 +1,7 @@
 """In-process cost of one online read, without transport: domain call, protobuf and JSON encoding.
 
-``online_to_pb`` is the per-column response shape, ``online_to_pb/view`` the ``status_per_view`` one;
-both include ``SerializeToString``.
+``online_response_bytes`` is the serialized gRPC answer in the per-column shape, ``/view`` the
+``status_per_view`` one.
 
     .venv/bin/python benchmarks/feature_store/inproc.py
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data
 import orjson
 
-from mlp_feature_store.api import converters as cv
+from mlp_feature_store.api.online_wire import online_response_bytes
 from mlp_feature_store.api.rest_io import online_json
 
 
@@ -56,8 +56,8 @@ def main() -> None:
 
             steps: list[tuple[str, Callable[[], Any]]] = [
                 ("online (sync)", sync),
-                ("online_to_pb", lambda r=result: cv.online_to_pb(r, r.dtypes, True).SerializeToString()),
-                ("online_to_pb/view", lambda r=result: cv.online_to_pb(r, r.dtypes, True, True).SerializeToString()),
+                ("online_response_bytes", lambda r=result: online_response_bytes(r, r.dtypes, True)),
+                ("online_response_bytes/view", lambda r=result: online_response_bytes(r, r.dtypes, True, True)),
                 ("online_json", lambda r=result: orjson.dumps(online_json(r))),
             ]
             if hasattr(retrieval, "online_async"):
@@ -65,7 +65,7 @@ def main() -> None:
                     retrieval.online_async(data.Admin(), bench.project, ents, features=refs))))
             for name, fn in steps:
                 p50, p99 = _time(fn, 300 if n == 1 else 100)
-                print(f"{n:>3} x 50  {name:<18} p50 {p50:8.0f} us   p99 {p99:8.0f} us")
+                print(f"{n:>3} x 50  {name:<27} p50 {p50:8.0f} us   p99 {p99:8.0f} us")
         loop.close()
     finally:
         data.drop(bench)

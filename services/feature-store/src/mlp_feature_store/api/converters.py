@@ -17,19 +17,13 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mlp_core.errors import InvalidArgument
+from mlp_feature_store.api.online_wire import TO_PB_TYPE
 from mlp_feature_store.domain.models import Entity, FeatureService, FeatureView, ValueType
-from mlp_feature_store.domain.resolve import SEP
-from mlp_feature_store.domain.retrieval import OnlineResult, ValueStatus
 from mlp_protos.mlp.common.v1 import common_pb2, value_pb2
 from mlp_protos.mlp.featurestore.v1 import featurestore_pb2 as pb
 
-_TO_PB_TYPE = {ValueType.INT64: common_pb2.DATA_TYPE_INT64, ValueType.FLOAT64: common_pb2.DATA_TYPE_FLOAT64,
-               ValueType.STRING: common_pb2.DATA_TYPE_STRING, ValueType.BOOL: common_pb2.DATA_TYPE_BOOL,
-               ValueType.TIMESTAMP: common_pb2.DATA_TYPE_TIMESTAMP}
+_TO_PB_TYPE = TO_PB_TYPE
 _FROM_PB_TYPE = {v: k for k, v in _TO_PB_TYPE.items()}
-_STATUS = {ValueStatus.PRESENT: pb.FEATURE_STATUS_PRESENT, ValueStatus.NOT_FOUND: pb.FEATURE_STATUS_NOT_FOUND,
-           ValueStatus.EXPIRED: pb.FEATURE_STATUS_EXPIRED, ValueStatus.STALE: pb.FEATURE_STATUS_STALE}
-_NULL = pb.FEATURE_STATUS_NULL_VALUE
 _EXPECTATION_ARGS = ("min", "max", "values", "max_age_seconds", "query")
 
 
@@ -171,124 +165,6 @@ def feature_service_from_pb(msg: pb.FeatureService) -> dict[str, Any]:
 
 
 # -- online results -----------------------------------------------------------------------------
-
-_LIST_FIELD = {ValueType.FLOAT64: "double_list_val", ValueType.STRING: "string_list_val",
-               ValueType.BOOL: "bool_list_val", ValueType.INT64: "int64_list_val",
-               ValueType.TIMESTAMP: "int64_list_val"}
-_PLACEHOLDER: dict[ValueType, Any] = {ValueType.FLOAT64: 0.0, ValueType.STRING: "", ValueType.INT64: 0,
-                                      ValueType.TIMESTAMP: 0}
-
-
-def _packed(dtype: ValueType, values: list[Any], has_none: bool) -> dict[str, Any]:
-    """A ``Value`` holding one typed list, as constructor keywords (upb builds nested messages from dicts
-    in C, faster than constructing and then copying intermediate messages)."""
-    if dtype == ValueType.BOOL:
-        values = [bool(v) for v in values]
-    elif has_none:
-        fill = _PLACEHOLDER[dtype]
-        values = [fill if v is None else v for v in values]
-    return {_LIST_FIELD[dtype]: {"values": values}}
-
-
-def _infer_dtype(values: list[Any]) -> ValueType:
-    for v in values:
-        if v is None:
-            continue
-        if isinstance(v, bool):
-            return ValueType.BOOL
-        if isinstance(v, int):
-            return ValueType.INT64
-        if isinstance(v, float):
-            return ValueType.FLOAT64
-        return ValueType.STRING
-    return ValueType.FLOAT64
-
-
-def online_to_pb(result: OnlineResult, dtypes: dict[str, ValueType], full_names: bool,
-                 status_per_view: bool = False) -> pb.GetOnlineFeaturesResponse:
-    """Join key columns (echoed), then one packed column per feature, in request order.
-
-    Columns are passed as dicts to ONE response constructor; the status and age lists of a view are
-    converted once and shared by its columns. ``status_per_view`` sends them once per view
-    (``status_groups``) instead of once per column.
-    """
-    if status_per_view:
-        return _online_to_pb_grouped(result, dtypes, full_names)
-    n = len(next(iter(result.entities.values())))
-    columns: list[dict[str, Any]] = []
-    present = [pb.FEATURE_STATUS_PRESENT] * n
-    zero_age = [0] * n
-    for name, values in result.entities.items():
-        dtype = _infer_dtype(values)
-        columns.append({"name": name, "dtype": _TO_PB_TYPE[dtype], "values": _packed(dtype, values, None in values),
-                        "statuses": present, "age_ms": zero_age})
-    ages_cache: dict[int, list[int]] = {}
-    status_cache: dict[int, list[Any]] = {}
-    seen: set[str] = set()
-    for name, col in result.features.items():
-        out_name = name if full_names else name.partition(SEP)[2]
-        if out_name in seen:
-            raise InvalidArgument(f"two requested features are both called '{out_name}'; set "
-                                  "full_feature_names to name columns 'view__feature'")
-        seen.add(out_name)
-        values = col.values
-        dtype = dtypes.get(name) or _infer_dtype(values)
-        ages = ages_cache.get(id(col.ages_s))
-        if ages is None:
-            ages = ages_cache[id(col.ages_s)] = [-1 if a is None else int(a * 1000) for a in col.ages_s]
-        codes: list[Any] | None = status_cache.get(id(col.statuses))
-        if codes is None:
-            codes = status_cache[id(col.statuses)] = [_STATUS[s] for s in col.statuses]
-        has_none = None in values
-        if has_none:  # a PRESENT value stored as null says so
-            codes = [_NULL if v is None and c == pb.FEATURE_STATUS_PRESENT else c
-                     for v, c in zip(values, codes, strict=True)]
-        columns.append({"name": out_name, "dtype": _TO_PB_TYPE[dtype], "values": _packed(dtype, values, has_none),
-                        "statuses": codes, "age_ms": ages})
-    return pb.GetOnlineFeaturesResponse(columns=columns, row_count=n)
-
-
-def _out_name(name: str, full_names: bool, seen: set[str]) -> str:
-    out_name = name if full_names else name.partition(SEP)[2]
-    if out_name in seen:
-        raise InvalidArgument(f"two requested features are both called '{out_name}'; set "
-                              "full_feature_names to name columns 'view__feature'")
-    seen.add(out_name)
-    return out_name
-
-
-def _online_to_pb_grouped(result: OnlineResult, dtypes: dict[str, ValueType], full_names: bool
-                          ) -> pb.GetOnlineFeaturesResponse:
-    """``online_to_pb`` with one ``StatusGroup`` per distinct status list (a view's columns share one)."""
-    n = len(next(iter(result.entities.values())))
-    columns: list[dict[str, Any]] = []
-    for name, values in result.entities.items():
-        dtype = _infer_dtype(values)
-        columns.append({"name": name, "dtype": _TO_PB_TYPE[dtype], "values": _packed(dtype, values, None in values)})
-    groups: list[dict[str, Any]] = [{"statuses": [pb.FEATURE_STATUS_PRESENT] * n, "age_ms": [0] * n}]
-    group_of: dict[int, tuple[int, list[Any]]] = {}
-    seen: set[str] = set()
-    for name, col in result.features.items():
-        out_name = _out_name(name, full_names, seen)
-        values = col.values
-        dtype = dtypes.get(name) or _infer_dtype(values)
-        hit = group_of.get(id(col.statuses))
-        if hit is None:
-            codes = [_STATUS[s] for s in col.statuses]
-            groups.append({"statuses": codes, "age_ms": [-1 if a is None else int(a * 1000) for a in col.ages_s]})
-            hit = group_of[id(col.statuses)] = (len(groups) - 1, codes)
-        group, codes = hit
-        column = {"name": out_name, "dtype": _TO_PB_TYPE[dtype], "status_group": group}
-        has_none = None in values
-        if has_none:
-            present = pb.FEATURE_STATUS_PRESENT
-            nulls = [i for i, v in enumerate(values) if v is None and codes[i] == present]
-            if nulls:
-                column["null_rows"] = nulls
-        column["values"] = _packed(dtype, values, has_none)
-        columns.append(column)
-    return pb.GetOnlineFeaturesResponse(columns=columns, row_count=n, status_groups=groups)
-
 
 def job_to_pb(project: str, runs: list[dict[str, Any]]) -> pb.MaterializationJob:
     """Materialization runs (one per view) as one finished job."""

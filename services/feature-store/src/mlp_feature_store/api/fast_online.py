@@ -27,7 +27,7 @@ from mlp_core.grpc import decode_request
 from mlp_core.grpc_edge import GrpcCall, GrpcHandler
 from mlp_core.http import validation_problem
 from mlp_core.telemetry import current_trace_id, incoming_context
-from mlp_feature_store.api.grpc import online_features
+from mlp_feature_store.api.grpc import online_features_bytes
 from mlp_feature_store.api.rest_io import OnlineIn, online_json
 from mlp_feature_store.domain.service import FeatureStoreService
 from mlp_protos.mlp.featurestore.v1 import featurestore_pb2 as pb
@@ -113,10 +113,9 @@ class OnlineGrpc:
         request = decode_request(pb.GetOnlineFeaturesRequest.FromString, call.message)
         token = set_current_principal(principal)
         try:
-            response = await online_features(self.service, request)
+            return await online_features_bytes(self.service, request)
         finally:
             reset_current_principal(token)
-        return response.SerializeToString()
 
 
 def _parse(body: bytes) -> OnlineIn:

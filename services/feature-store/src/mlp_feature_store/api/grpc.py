@@ -19,6 +19,7 @@ import pyarrow as pa
 from mlp_core.auth import current_principal
 from mlp_core.errors import AlreadyExists, InvalidArgument, NotFound
 from mlp_feature_store.api import converters as cv
+from mlp_feature_store.api.online_wire import online_response_bytes
 from mlp_feature_store.domain.access import WRITE, authorize
 from mlp_feature_store.domain.ingestion import rows_to_batch
 from mlp_feature_store.domain.models import Entity, FeatureService, FeatureView
@@ -51,7 +52,12 @@ async def _run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 async def online_features(service: FeatureStoreService, request: pb.GetOnlineFeaturesRequest
                           ) -> pb.GetOnlineFeaturesResponse:
-    """``GetOnlineFeatures`` for the current principal (the gRPC server and the fast port both call this)."""
+    """``GetOnlineFeatures`` for the current principal, as a message (the gRPC server)."""
+    return pb.GetOnlineFeaturesResponse.FromString(await online_features_bytes(service, request))
+
+
+async def online_features_bytes(service: FeatureStoreService, request: pb.GetOnlineFeaturesRequest) -> bytes:
+    """``GetOnlineFeatures`` for the current principal, serialized (the fast port sends these bytes as they are)."""
     entities = cv.columns_from_pb(request.entities)
     staleness = None
     if request.HasField("max_staleness"):
@@ -61,7 +67,7 @@ async def online_features(service: FeatureStoreService, request: pb.GetOnlineFea
     result = await service.retrieval.online_async(
         current_principal(), request.project, entities, features=list(request.features) or None,
         feature_service=request.feature_service or None, max_staleness_s=staleness)
-    return cv.online_to_pb(result, result.dtypes, request.full_feature_names, request.status_per_view)
+    return online_response_bytes(result, result.dtypes, request.full_feature_names, request.status_per_view)
 
 
 class FeatureStoreServicer(pb_grpc.FeatureStoreServiceServicer):
