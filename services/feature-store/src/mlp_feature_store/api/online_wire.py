@@ -44,6 +44,8 @@ _SMALL = [bytes((i,)) for i in range(128)]
 # a one-row Value with a double or a bool: field 3 (Value) > field 12/14 (list) > field 1 (packed)
 _ONE_DOUBLE = b"\x1a\x0c\x62\x0a\x0a\x08"
 _ONE_BOOL = (b"\x1a\x05\x72\x03\x0a\x01\x00", b"\x1a\x05\x72\x03\x0a\x01\x01")
+_DOUBLE = struct.Struct("<d")
+_F64_PB = common_pb2.DATA_TYPE_FLOAT64
 
 
 def _varint(value: int) -> bytes:
@@ -91,7 +93,7 @@ def _value(dtype: ValueType, values: list[Any], has_none: bool) -> bytes:
     """Field 3 of a column: a ``Value`` holding one typed list; nulls hold a placeholder (0, 0.0, "", false)."""
     if dtype is _F64:
         if len(values) == 1 and not has_none:
-            return _ONE_DOUBLE + struct.pack("<d", values[0])
+            return _ONE_DOUBLE + _DOUBLE.pack(values[0])
         if has_none:
             values = [0.0 if v is None else v for v in values]
         inner = _delimited(b"\x0a", struct.pack(f"<{len(values)}d", *values)) if values else b""
@@ -141,6 +143,7 @@ def online_response_bytes(result: OnlineResult, dtypes: dict[str, ValueType], fu
     # per distinct status and age lists (a view's columns share them): codes, ages, the tail of a column
     state_of: dict[tuple[int, int], tuple[list[Any], list[int], bytes]] = {}
     seen: set[str] = set()
+    pack_double, small, one_row = _DOUBLE.pack, _SMALL, n == 1
     for name, col in result.features.items():
         out_name = _out_name(name, full_names, seen)
         values = col.values
@@ -168,7 +171,12 @@ def online_response_bytes(result: OnlineResult, dtypes: dict[str, ValueType], fu
                     for i in nulls:
                         flagged[i] = _NULL
                     tail = pb.FeatureColumn(statuses=flagged, age_ms=ages).SerializeToString()
-        parts.append(_delimited(b"\x0a", _head(out_name, TO_PB_TYPE[dtype]) + _value(dtype, values, has_none) + tail))
+        if one_row and dtype is _F64 and not has_none:  # the common read of one entity: inlined
+            body = _head(out_name, _F64_PB) + _ONE_DOUBLE + pack_double(values[0]) + tail
+        else:
+            body = _head(out_name, TO_PB_TYPE[dtype]) + _value(dtype, values, has_none) + tail
+        size = len(body)
+        parts.append(b"\x0a" + (small[size] if size < 128 else _varint(size)) + body)
     if n:
         parts.append(b"\x10" + _varint(n))
     parts.extend(_delimited(b"\x1a", group) for group in groups)
