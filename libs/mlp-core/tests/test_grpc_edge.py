@@ -792,6 +792,20 @@ async def test_rst_stream_cancels_the_handler_and_other_streams_go_on(h2: H2, se
         "service": "svc", "method": "/t.E/Hang", "code": "CANCELLED"}) == 1
 
 
+async def test_streams_opened_and_cancelled_in_a_flood_close_the_connection(h2: H2) -> None:
+    """Rapid Reset (CVE-2023-44487): each HEADERS + RST_STREAM costs the server work and the client nothing."""
+    frames = []
+    for i in range(grpc_edge.MAX_RESETS):
+        sid = 2 * i + 1
+        frames += [h2.request(sid), frame(RST_STREAM, 0, sid, CANCEL.to_bytes(4, "big"))]
+    h2.send(*frames)
+    _ok(await h2.call(2 * grpc_edge.MAX_RESETS + 1, b"tolerated so far"), b"tolerated so far")
+    sid = 2 * grpc_edge.MAX_RESETS + 3
+    h2.send(h2.request(sid), frame(RST_STREAM, 0, sid, CANCEL.to_bytes(4, "big")))
+    goaway = await h2.goaway()
+    assert _code(goaway) == ENHANCE_YOUR_CALM
+
+
 async def test_more_than_256_open_streams_are_refused(h2: H2) -> None:
     sids = [2 * i + 1 for i in range(256)]
     h2.send(*(h2.request(sid) for sid in sids))  # open: their messages never come

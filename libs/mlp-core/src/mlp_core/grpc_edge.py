@@ -23,7 +23,8 @@ What is implemented (RFC 9113, RFC 7541, gRPC over HTTP/2):
   RESOURCE_EXHAUSTED (refused as soon as its length prefix arrives), zero or several messages
   INTERNAL, non-POST 405, non-gRPC content type 415, header list over 64 KiB 431; protocol errors
   close the connection with GOAWAY and the RFC's error code; more than 256 open streams
-  REFUSED_STREAM;
+  REFUSED_STREAM; more than 500 streams cancelled by the client within 10 s ENHANCE_YOUR_CALM
+  (the "Rapid Reset" attack);
 - ``mlp_grpc_requests_total`` / latency recorded per method and status like ``ErrorInterceptor``.
 
 Not implemented: TLS (services talk plaintext inside the platform network, as their grpc.aio
@@ -59,6 +60,7 @@ MAX_STREAMS = 256
 MAX_HEADER_LIST = 64 * 1024
 MAX_HEADER_BLOCK = 256 * 1024  # a header block (HEADERS + CONTINUATION) bigger than this closes the connection
 MAX_FRAME = 16_384  # the largest frame we accept (the RFC's default; we do not raise it)
+MAX_RESETS, RESET_WINDOW_S = 500, 10.0  # client-cancelled streams tolerated per window
 STREAM_WINDOW = 1 << 20
 CONN_WINDOW = 16 << 20
 _MAX_WINDOW = (1 << 31) - 1
@@ -356,6 +358,7 @@ class H2Connection(asyncio.Protocol):
         self.closed = False
         self.going_away = False  # GOAWAY sent or received: no new streams, close when the last one ends
         self.write_paused = False
+        self.resets, self.reset_since = 0, 0.0
         self._timer: asyncio.TimerHandle | None = self.loop.call_later(PREFACE_TIMEOUT_S, self._expire)
 
     # -- transport -------------------------------------------------------------------------------------
@@ -517,6 +520,7 @@ class H2Connection(asyncio.Protocol):
                 raise _ConnectionError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
             stream = self.streams.pop(sid, None)
             if stream is not None:
+                self._count_reset()
                 self._drop(stream)
                 if not self.streams:
                     self._idle()
@@ -536,6 +540,16 @@ class H2Connection(asyncio.Protocol):
         elif kind == PUSH_PROMISE:
             raise _ConnectionError(PROTOCOL_ERROR, "clients must not push")
         # other frame types are ignored (RFC 9113 §4.1)
+
+    def _count_reset(self) -> None:
+        """Streams the client opens and cancels at once cost us work and it nothing ("Rapid Reset",
+        CVE-2023-44487): more than ``MAX_RESETS`` in ``RESET_WINDOW_S`` closes the connection."""
+        now = self.loop.time()
+        if now - self.reset_since > RESET_WINDOW_S:
+            self.reset_since, self.resets = now, 0
+        self.resets += 1
+        if self.resets > MAX_RESETS:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "too many cancelled streams")
 
     def _settings(self, flags: int, sid: int, payload: bytes) -> None:
         if sid:
