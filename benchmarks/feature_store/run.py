@@ -113,9 +113,9 @@ async def _python_cells(bench: data.Bench, token: str, grpc_port: int, http_port
     return out
 
 
-def _raw_cell(bench: data.Bench, n: int, entities: int, seconds: float) -> Cell:
+def _raw_cell(bench: data.Bench, n: int, entities: int, seconds: float, label: str = "raw redis-py") -> Cell:
     prefixes = [key_prefix(bench.wiring.service.registry.layout(bench.project, f"v{v}")) for v in range(data.VIEWS)]
-    return Cell("raw redis-py", n, 1, load.raw_redis(
+    return Cell(label, n, 1, load.raw_redis(
         bench.redis_url, lambda i: [p + f"[{e}]" for p in prefixes for e in _ids(i, n, entities)], seconds))
 
 
@@ -156,6 +156,9 @@ def _native_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int,
     url = f"http://127.0.0.1:{http_port}/api/v1/feature-store/projects/{bench.project}/online-features"
     fast_url = f"http://127.0.0.1:{fast_port}/api/v1/feature-store/projects/{bench.project}/online-features"
     for n in (1, 100):
+        # The raw limit moves with the machine (3,900-11,000 reads/s for 1 x 50 over runs on this VM), so it
+        # is measured before and after the cells of its size, and ratios use the faster of the two.
+        out.append(_raw_cell(bench, n, entities, seconds, "raw redis-py (before)"))
         request = _grpc_request(bench, _ids(1, n, entities))
         _check_grpc(bench, token, grpc_port, request, n)
         grpc_cell("gRPC", n, GRPC_METHOD, request.SerializeToString())
@@ -173,7 +176,7 @@ def _native_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int,
                 cpu = _cpu_s(pid)
                 stats = native.wrk_post(target, bodies, token, connections=conc, seconds=seconds, warmup=0)
                 out.append(Cell(label, n, conc, stats, (_cpu_s(pid) - cpu) / stats.n * 1e6))
-        out.append(_raw_cell(bench, n, entities, seconds))
+        out.append(_raw_cell(bench, n, entities, seconds, "raw redis-py (after)"))
     return out
 
 
@@ -202,7 +205,10 @@ def online(bench: data.Bench, entities: int, seconds: float, client: str) -> lis
         proc.terminate()
         proc.wait(10)
         issuer.stop()
-    raw = {c.n: c.stats for c in cells if c.path.startswith("raw")}
+    raw: dict[int, load.Stats] = {}
+    for c in cells:  # the fastest raw measurement of each size: the ratios are the conservative ones
+        if c.path.startswith("raw") and (c.n not in raw or c.stats.rps > raw[c.n].rps):
+            raw[c.n] = c.stats
     how = ("h2load (gRPC: 1 connection x 1 or 16 streams) and wrk (REST: 1 or 16 connections), one thread each"
            if client == "native" else "Python grpc.aio and httpx clients in the benchmark process")
     lines = [f"Online: {entities:,} entities x {data.VIEWS} views x {data.FEATURES} features in Redis "
