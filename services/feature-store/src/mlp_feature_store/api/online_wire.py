@@ -121,6 +121,31 @@ def _out_name(name: str, full_names: bool, seen: set[str]) -> str:
     return out_name
 
 
+#: (feature names, full_names, id(dtypes)) → (dtypes, per column: output name, declared type, head bytes)
+_PLANS: dict[tuple[tuple[str, ...], bool, int], tuple[dict[str, ValueType], list[Any]]] = {}
+
+
+def _plan(names: tuple[str, ...], dtypes: dict[str, ValueType], full_names: bool
+          ) -> list[tuple[str, ValueType | None, bytes]]:
+    """What does not change between two reads of the same features: output names (checked for clashes),
+    declared types and each column's tagged name and type. The resolution cache hands the same ``dtypes``
+    to every read of a feature list, so its identity keys the plan (the plan keeps it alive)."""
+    key = (names, full_names, id(dtypes))
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is dtypes:
+        return hit[1]  # type: ignore[no-any-return]
+    seen: set[str] = set()
+    columns: list[Any] = []
+    for name in names:
+        out_name = _out_name(name, full_names, seen)
+        declared = dtypes.get(name)
+        columns.append((out_name, declared, _head(out_name, TO_PB_TYPE[declared]) if declared else b""))
+    if len(_PLANS) >= 1024:
+        _PLANS.clear()
+    _PLANS[key] = (dtypes, columns)
+    return columns
+
+
 def online_response_bytes(result: OnlineResult, dtypes: dict[str, ValueType], full_names: bool,
                           status_per_view: bool = False) -> bytes:
     """The serialized ``GetOnlineFeaturesResponse``: join key columns (echoed), then one column per feature.
@@ -142,12 +167,15 @@ def online_response_bytes(result: OnlineResult, dtypes: dict[str, ValueType], fu
         groups.append(pb.StatusGroup(statuses=[_PRESENT] * n, age_ms=[0] * n).SerializeToString())
     # per distinct status and age lists (a view's columns share them): codes, ages, the tail of a column
     state_of: dict[tuple[int, int], tuple[list[Any], list[int], bytes]] = {}
-    seen: set[str] = set()
     pack_double, small, one_row = _DOUBLE.pack, _SMALL, n == 1
-    for name, col in result.features.items():
-        out_name = _out_name(name, full_names, seen)
+    for (out_name, declared, head), col in zip(_plan(tuple(result.features), dtypes, full_names),
+                                              result.features.values(), strict=True):
         values = col.values
-        dtype = dtypes.get(name) or infer_dtype(values)
+        if declared is None:
+            dtype = infer_dtype(values)
+            head = _head(out_name, TO_PB_TYPE[dtype])
+        else:
+            dtype = declared
         key = (id(col.statuses), id(col.ages_s))
         state = state_of.get(key)
         if state is None:
@@ -172,9 +200,9 @@ def online_response_bytes(result: OnlineResult, dtypes: dict[str, ValueType], fu
                         flagged[i] = _NULL
                     tail = pb.FeatureColumn(statuses=flagged, age_ms=ages).SerializeToString()
         if one_row and dtype is _F64 and not has_none:  # the common read of one entity: inlined
-            body = _head(out_name, _F64_PB) + _ONE_DOUBLE + pack_double(values[0]) + tail
+            body = head + _ONE_DOUBLE + pack_double(values[0]) + tail
         else:
-            body = _head(out_name, TO_PB_TYPE[dtype]) + _value(dtype, values, has_none) + tail
+            body = head + _value(dtype, values, has_none) + tail
         size = len(body)
         parts.append(b"\x0a" + (small[size] if size < 128 else _varint(size)) + body)
     if n:
