@@ -206,6 +206,16 @@ class HeaderDecoder:
         self.dynamic.appendleft((name, value))
         self.size += entry
 
+    def _literal(self, block: bytes, pos: int, bits: int) -> tuple[bytes, bytes, int]:
+        """A literal field: its name by index (``bits``-bit prefix) or spelled out, then its value."""
+        index, pos = _int(block, pos, bits)
+        if index:
+            name = self._entry(index)[0]
+        else:
+            name, pos = self._string(block, pos)
+        value, pos = self._string(block, pos)
+        return name, value, pos
+
     def decode(self, block: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
         """The header list and its RFC size (names + values + 32 per field)."""
         headers: list[tuple[bytes, bytes]] = []
@@ -217,12 +227,7 @@ class HeaderDecoder:
                 index, pos = _int(block, pos, 7)
                 name, value = self._entry(index)
             elif byte & 0x40:  # literal, added to the table
-                index, pos = _int(block, pos, 6)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, pos = self._string(block, pos)
-                value, pos = self._string(block, pos)
+                name, value, pos = self._literal(block, pos, 6)
                 self._add(name, value)
             elif byte & 0x20:  # dynamic table size update: only before the first field
                 if headers:
@@ -234,12 +239,7 @@ class HeaderDecoder:
                 self._evict(0)
                 continue
             else:  # literal without indexing (0000) or never indexed (0001)
-                index, pos = _int(block, pos, 4)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, pos = self._string(block, pos)
-                value, pos = self._string(block, pos)
+                name, value, pos = self._literal(block, pos, 4)
             total += 32 + len(name) + len(value)
             headers.append((name, value))
         return headers, total
