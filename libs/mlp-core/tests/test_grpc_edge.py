@@ -118,8 +118,13 @@ def _routes(probe: Probe) -> dict[str, GrpcHandler]:
     async def size(call: GrpcCall) -> bytes:
         return str(len(call.message)).encode()
 
+    async def inner_cancel(call: GrpcCall) -> bytes:
+        task = asyncio.ensure_future(asyncio.sleep(10))
+        task.cancel()
+        return await task  # type: ignore[no-any-return]  # raises CancelledError: not the caller's cancel
+
     return {"/t.E/Echo": echo, "/t.E/Meta": meta, "/t.E/Fail": fail, "/t.E/Crash": crash, "/t.E/Hang": hang,
-            "/t.E/Big": big, "/t.E/Size": size}
+            "/t.E/Big": big, "/t.E/Size": size, "/t.E/InnerCancel": inner_cancel}
 
 
 async def _ping(request: Request, conn: Connection) -> int:
@@ -199,6 +204,16 @@ async def test_domain_errors_become_their_status_and_message(served: Served, err
                                                                .encode()))
     assert exc.code() == ERRORS[error].grpc_code
     assert exc.details() == detail  # percent-encoded on the wire, decoded by the client
+
+
+async def test_a_cancellation_from_inside_the_handler_is_answered(served: Served) -> None:
+    """Only the caller's cancel, a reset or the deadline end a call silently; any other CancelledError
+    is the handler's failure, and the caller gets INTERNAL instead of waiting forever."""
+    async with grpc.aio.insecure_channel(served.target) as channel:
+        exc = await _rpc_error(channel.unary_unary("/t.E/InnerCancel")(b"x", timeout=5))
+        assert await channel.unary_unary("/t.E/Echo")(b"after") == b"after"
+    assert exc.code() == grpc.StatusCode.INTERNAL
+    assert exc.details() == "internal error; see server logs"
 
 
 async def test_an_unexpected_exception_is_internal_without_a_traceback(

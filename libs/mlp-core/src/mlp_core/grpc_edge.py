@@ -762,7 +762,13 @@ class H2Connection(asyncio.Protocol):
         try:
             response = await handler(call)
         except asyncio.CancelledError:
-            if not stream.deadline_hit and not stream.answered:
+            if self.streams.get(stream.id) is stream and not stream.answered:
+                # Not our cancellation (those drop or answer the stream first): something the handler
+                # awaited was cancelled. The caller still gets an answer instead of waiting forever.
+                log.error("the handler of %s was cancelled from inside", stream.method)
+                self._fail(stream, grpc.StatusCode.INTERNAL, "internal error; see server logs")
+                self._flush()
+            elif not stream.deadline_hit and not stream.answered:
                 self.routes.observe(stream.method, grpc.StatusCode.CANCELLED, stream.started)
             return
         except DomainError as exc:
