@@ -391,11 +391,13 @@ class Edge:
         self.connections: set[Connection | H2Connection] = set()
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` (0: any free port); returns the port."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen on ``host:port`` (0: any free port); returns the port. ``reuse_port``: other processes
+        listen on the same port too (``SO_REUSEPORT``; the kernel spreads connections over them)."""
         self.loop = asyncio.get_running_loop()
         self.fallback = UpstreamPool(uds=self.config.fallback_uds) if self.config.fallback_uds else None
-        self.server = await self.loop.create_server(lambda: Connection(self), host, port, backlog=2048)
+        self.server = await self.loop.create_server(lambda: Connection(self), host, port, backlog=2048,
+                                                    reuse_port=reuse_port or None)
         return int(self.server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:

@@ -81,6 +81,8 @@ class ServiceParts:
     #: Unary gRPC methods the fast port also answers (``mlp_core.grpc_edge``, h2c), by full method path;
     #: the same methods stay on the gRPC server with its interceptors.
     fast_grpc_routes: dict[str, GrpcHandler] | None = None
+    #: The fast port is shared with other processes (``SO_REUSEPORT``), e.g. the feature store's workers.
+    fast_reuse_port: bool = False
 
 
 class ServiceHost:
@@ -267,7 +269,8 @@ class ServiceHost:
                                         service=self.settings.service_name, metrics=self.http_metrics,
                                         max_body_bytes=parts.fast_max_body_bytes,
                                         on_refused=parts.fast_on_refused, grpc=grpc_routes))
-            edge_port = await self.edge.start(host, port if behind_edge else int(parts.fast_port or 0))
+            edge_port = await self.edge.start(host, port if behind_edge else int(parts.fast_port or 0),
+                                              reuse_port=parts.fast_reuse_port)
             if behind_edge:
                 bound = edge_port
             else:

@@ -23,6 +23,7 @@ from mlp_feature_store.domain.service import FeatureStoreService
 from mlp_feature_store.domain.transforms import TransformRegistry
 from mlp_feature_store.events.handlers import RUN_COMPLETED, VERSION_REGISTERED, LineageHandler, PushHandler
 from mlp_feature_store.events.publisher import OutboxSink
+from mlp_feature_store.online_workers import OnlineWorkers
 from mlp_feature_store.settings import FeatureStoreSettings
 from mlp_feature_store.store.migrate import MIGRATIONS_DIR, migrate_database
 from mlp_feature_store.store.offline_sql import SqlOfflineStore
@@ -125,6 +126,16 @@ def build_host(settings: FeatureStoreSettings, transforms: TransformRegistry | N
         host.parts.fast_routes = OnlineRoutes(wirings[-1].service, host.verifier)
         host.parts.fast_grpc_routes = OnlineGrpc(wirings[-1].service, host.verifier).routes()
         host.parts.fast_port = settings.feature_store_online_port
+        if settings.feature_store_online_workers > 1:  # more processes on the same port (SO_REUSEPORT)
+            if transforms is not None:
+                raise ValueError("MLP_FEATURE_STORE_ONLINE_WORKERS > 1 serves online reads in new processes, "
+                                 "which know only the built-in transformation functions; register yours there "
+                                 "or run one worker")
+            workers = OnlineWorkers(settings, settings.feature_store_online_workers - 1, host.http_metrics,
+                                    host.grpc_metrics)
+            host.parts.fast_reuse_port = True
+            host.parts.background = [*host.parts.background, workers.run]
+            host.parts.probes = {**host.parts.probes, "online-workers": workers.probe}
     return host
 
 

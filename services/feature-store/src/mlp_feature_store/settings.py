@@ -24,8 +24,11 @@ class FeatureStoreSettings(CoreSettings):
     feature_store_push_topic: str = Field(
         default="mlp.feature-store.features-pushed", description="Kafka topic of push-ingestion events")
     feature_store_online_port: int = Field(
-        default=0, ge=0, le=65535, description="serve POST .../online-features also on this port, without the "
-        "ASGI stack (same checks and answers; 0: only on the main port)")
+        default=0, ge=0, le=65535, description="serve POST .../online-features and gRPC GetOnlineFeatures (h2c) "
+        "also on this port, without the ASGI stack and grpc.aio (same checks and answers; 0: only on the main ports)")
+    feature_store_online_workers: int = Field(
+        default=1, ge=1, le=64, description="processes serving the online port (SO_REUSEPORT): the service "
+        "and this many minus one workers; one per core for the most reads per second")
     feature_store_consumers: bool = Field(
         default=True, description="run the Kafka consumers (push ingestion, lineage) when Kafka is configured")
 
