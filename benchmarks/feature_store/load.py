@@ -77,7 +77,7 @@ def start_server(env: dict[str, str]) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def wait_ready(http_port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def wait_ready(http_port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0, path: str = "/healthz") -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -86,7 +86,7 @@ def wait_ready(http_port: int, proc: subprocess.Popen[bytes], timeout: float = 6
             err = proc.stderr.read().decode()[-3000:] if proc.stderr else ""
             raise RuntimeError(f"server exited: {err}")
         try:
-            if httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{http_port}{path}", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def h2load_grpc(port: int, http_port: int, method: str, message: bytes, token: s
                   proc.stdout)
     if not m or int(m[3]) or int(m[4]) or any(r[1] != "200" for r in rows):
         raise RuntimeError(f"h2load: HTTP failures\n{proc.stdout[-2000:]}")
+    time.sleep(0.5)  # online workers report their counts every 0.2 s
     after = grpc_counts(http_port, method)
     delta = {code: after.get(code, 0.0) - before.get(code, 0.0) for code in after}
     # h2load stops with up to clients x streams calls in flight; a server that counts those as CANCELLED

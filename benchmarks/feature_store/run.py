@@ -48,9 +48,16 @@ class Cell:
 
 
 def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds so far of process ``pid`` and its children (the online workers; Linux /proc)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _ids(i: int, n: int, entities: int) -> list[int]:
@@ -136,7 +143,7 @@ def _check_grpc(bench: data.Bench, token: str, grpc_port: int, request: Any, n: 
 
 
 def _native_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int, entities: int,
-                  seconds: float, pid: int, fast_port: int) -> list[Cell]:
+                  seconds: float, pid: int, fast_port: int, workers: int = 1) -> list[Cell]:
     """gRPC cells with h2load (concurrency 16 = 1 connection x 16 streams, like one client channel),
     REST cells with wrk (concurrency 16 = 16 keep-alive connections); server CPU per request from /proc."""
     from grpc_health.v1 import health_pb2
@@ -145,10 +152,13 @@ def _native_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int,
 
     def grpc_cell(path: str, n: int, method: str, message: bytes, port: int = grpc_port) -> None:
         for conc in (1, 16):
+            # with workers, concurrency 16 on the fast port = one connection per process (the kernel
+            # spreads connections, not streams): like that many clients with one channel each
+            clients = workers if port == fast_port and conc == 16 and workers > 1 else 1
             cpu = _cpu_s(pid)
             before = native.grpc_counts(http_port, method).get("OK", 0.0)
-            stats = native.h2load_grpc(port, http_port, method, message, token, clients=1, streams=conc,
-                                       seconds=seconds)
+            stats = native.h2load_grpc(port, http_port, method, message, token, clients=clients,
+                                       streams=conc // clients, seconds=seconds)
             calls = native.grpc_counts(http_port, method).get("OK", 0.0) - before
             out.append(Cell(path, n, conc, stats, (_cpu_s(pid) - cpu) / calls * 1e6))
 
@@ -163,14 +173,16 @@ def _native_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int,
         _check_grpc(bench, token, grpc_port, request, n)
         grpc_cell("gRPC", n, GRPC_METHOD, request.SerializeToString())
         _check_grpc(bench, token, fast_port, request, n)  # the same call on the fast port (h2c, mlp_core.grpc_edge)
-        grpc_cell("gRPC, fast port", n, GRPC_METHOD, request.SerializeToString(), fast_port)
+        fast_label = "gRPC, fast port" + (f", {workers} processes" if workers > 1 else "")
+        grpc_cell(fast_label, n, GRPC_METHOD, request.SerializeToString(), fast_port)
         if n == 100:  # the older per-column status shape, for comparison
             request = _grpc_request(bench, _ids(1, n, entities), status_per_view=False)
             _check_grpc(bench, token, grpc_port, request, n)
             grpc_cell("gRPC, per-column statuses", n, GRPC_METHOD, request.SerializeToString())
         bodies = [json.dumps({"features": bench.feature_refs, "entities": {"user_id": _ids(i, n, entities)}})
                   for i in range(64)]
-        for label, target in (("REST", url), ("REST, fast port", fast_url)):
+        rest_fast = "REST, fast port" + (f", {workers} processes" if workers > 1 else "")
+        for label, target in (("REST", url), (rest_fast, fast_url)):
             for conc in (1, 16):
                 native.wrk_post(target, bodies, token, connections=conc, seconds=0.5, warmup=0)
                 cpu = _cpu_s(pid)
@@ -180,7 +192,7 @@ def _native_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int,
     return out
 
 
-def online(bench: data.Bench, entities: int, seconds: float, client: str) -> list[str]:
+def online(bench: data.Bench, entities: int, seconds: float, client: str, workers: int = 1) -> list[str]:
     """Table (a): the server as a separate process with auth, the load client here, raw Redis next to them."""
     from mlp_core.testing.tokens import TestIssuer
 
@@ -190,15 +202,16 @@ def online(bench: data.Bench, entities: int, seconds: float, client: str) -> lis
     proc = load.start_server({
         "MLP_DATABASE_URL": bench.db_url, "MLP_REDIS_URL": bench.redis_url, "MLP_OIDC_ISSUER": issuer.issuer,
         "MLP_OIDC_AUDIENCE": "mlp", "MLP_GRPC_PORT": str(grpc_port), "MLP_HTTP_PORT": str(http_port),
-        "MLP_FEATURE_STORE_ONLINE_PORT": str(fast_port),
+        "MLP_FEATURE_STORE_ONLINE_PORT": str(fast_port), "MLP_FEATURE_STORE_ONLINE_WORKERS": str(workers),
         "MLP_HTTP_HOST": "127.0.0.1", "MLP_KAFKA_BOOTSTRAP_SERVERS": "", "MLP_LOG_LEVEL": "WARNING",
         "MLP_OTLP_ENDPOINT": ""})
     try:
-        load.wait_ready(http_port, proc)
+        load.wait_ready(http_port, proc, path="/readyz")  # with workers: all of them listen
         # valid for the whole run (the verifier caches a verified token until its exp at the latest)
         token = issuer.mint(scope="features:read", projects=[bench.project], lifetime_s=3000)
         if client == "native":
-            cells = _native_cells(bench, token, grpc_port, http_port, entities, seconds, proc.pid, fast_port)
+            cells = _native_cells(bench, token, grpc_port, http_port, entities, seconds, proc.pid, fast_port,
+                                  workers)
         else:
             cells = asyncio.run(_python_cells(bench, token, grpc_port, http_port, entities, seconds, proc.pid))
     finally:
@@ -277,6 +290,8 @@ def main() -> None:
                              "Python grpc.aio/httpx clients in this process")
     parser.add_argument("--entities", type=int, help="online entities (default 100,000; --quick 10,000)")
     parser.add_argument("--seconds", type=float, help="seconds per online cell (default 4; --quick 1.5)")
+    parser.add_argument("--online-workers", type=int, default=1,
+                        help="processes on the feature store's fast port (MLP_FEATURE_STORE_ONLINE_WORKERS)")
     parser.add_argument("--historical-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.historical_child:
@@ -297,7 +312,7 @@ def main() -> None:
     try:
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
               f"client and servers share these cores\n")
-        print("\n".join(online(bench, entities, seconds, client)) + "\n", flush=True)
+        print("\n".join(online(bench, entities, seconds, client, args.online_workers)) + "\n", flush=True)
         if not args.online_only:
             print("\n".join(historical(bench, rows_per_view, entity_rows, entities)))
     finally:
