@@ -152,9 +152,10 @@ def _native_cells(bench: data.Bench, token: str, grpc_port: int, http_port: int,
 
     def grpc_cell(path: str, n: int, method: str, message: bytes, port: int = grpc_port) -> None:
         for conc in (1, 16):
-            # with workers, concurrency 16 on the fast port = one connection per process (the kernel
-            # spreads connections, not streams): like that many clients with one channel each
-            clients = workers if port == fast_port and conc == 16 and workers > 1 else 1
+            # With workers, concurrency 16 on the fast port is spread over 4 connections per process, like
+            # that many clients with a channel each: the kernel spreads connections (not streams) over the
+            # processes by a hash, so with one connection per process two often land on the same one.
+            clients = min(16, 4 * workers) if port == fast_port and conc == 16 and workers > 1 else 1
             cpu = _cpu_s(pid)
             before = native.grpc_counts(http_port, method).get("OK", 0.0)
             stats = native.h2load_grpc(port, http_port, method, message, token, clients=clients,
