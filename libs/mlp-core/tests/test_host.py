@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -17,6 +19,27 @@ from mlp_core.errors import FailedPrecondition, NotFound
 from mlp_core.host import ServiceHost, ServiceParts
 from mlp_core.settings import CoreSettings
 from mlp_core.testing.tokens import TestIssuer
+
+
+@asynccontextmanager
+async def _grpc_host(issuer: TestIssuer, service: str, methods: dict[str, grpc.RpcMethodHandler]
+                     ) -> AsyncIterator[tuple[ServiceHost, grpc.aio.Channel]]:
+    """A host whose gRPC server serves ``methods`` of ``service`` (with the standard interceptors), and a channel."""
+    handler = grpc.method_handlers_generic_handler(service, methods)
+
+    def register(server: grpc.aio.Server) -> str:
+        server.add_generic_rpc_handlers((handler,))
+        return service
+
+    port = free_port()
+    settings = CoreSettings(service_name="test", oidc_issuer=issuer.issuer, grpc_port=port)
+    host = ServiceHost(settings, ServiceParts(title="t", grpc_registrars=[register]), verifier=issuer.verifier())
+    await host.start_background()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield host, channel
+    finally:
+        await host.stop_background()
 
 
 class ThingCreate(BaseModel):
@@ -187,39 +210,26 @@ async def test_grpc_errors_become_status_codes_without_details(test_issuer: Test
         yield b"first"
         raise RuntimeError("secret internal detail")
 
-    handler = grpc.method_handlers_generic_handler("mlp.test.v1.Errors", {
+    md = [("authorization", f"Bearer {test_issuer.mint()}")]
+    async with _grpc_host(test_issuer, "mlp.test.v1.Errors", {
         "Missing": grpc.unary_unary_rpc_method_handler(missing),
         "Boom": grpc.unary_unary_rpc_method_handler(boom),
         "StreamBoom": grpc.unary_stream_rpc_method_handler(stream_boom),
-    })
-
-    def register(server: grpc.aio.Server) -> str:
-        server.add_generic_rpc_handlers((handler,))
-        return "mlp.test.v1.Errors"
-
-    port = free_port()
-    settings = CoreSettings(service_name="test", oidc_issuer=test_issuer.issuer, grpc_port=port)
-    host = ServiceHost(settings, ServiceParts(title="t", grpc_registrars=[register]), verifier=test_issuer.verifier())
-    await host.start_background()
-    md = [("authorization", f"Bearer {test_issuer.mint()}")]
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            for method, code in (("Missing", grpc.StatusCode.NOT_FOUND), ("Boom", grpc.StatusCode.INTERNAL)):
-                with pytest.raises(grpc.aio.AioRpcError) as info:
-                    await channel.unary_unary(f"/mlp.test.v1.Errors/{method}")(b"x", metadata=md)
-                assert info.value.code() == code
-                assert "secret" not in (info.value.details() or "")
-            call = channel.unary_stream("/mlp.test.v1.Errors/StreamBoom")(b"x", metadata=md)
-            got = []
+    }) as (host, channel):
+        for method, code in (("Missing", grpc.StatusCode.NOT_FOUND), ("Boom", grpc.StatusCode.INTERNAL)):
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                async for item in call:
-                    got.append(item)
-            assert got == [b"first"] and info.value.code() == grpc.StatusCode.INTERNAL
+                await channel.unary_unary(f"/mlp.test.v1.Errors/{method}")(b"x", metadata=md)
+            assert info.value.code() == code
             assert "secret" not in (info.value.details() or "")
+        call = channel.unary_stream("/mlp.test.v1.Errors/StreamBoom")(b"x", metadata=md)
+        got = []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for item in call:
+                got.append(item)
+        assert got == [b"first"] and info.value.code() == grpc.StatusCode.INTERNAL
+        assert "secret" not in (info.value.details() or "")
         metrics = generate_latest(host.registry).decode()
         assert 'code="NOT_FOUND"' in metrics and 'code="INTERNAL"' in metrics
-    finally:
-        await host.stop_background()
 
 
 async def test_grpc_calls_carry_the_callers_trace_context_without_an_exporter(test_issuer: TestIssuer) -> None:
@@ -236,18 +246,6 @@ async def test_grpc_calls_carry_the_callers_trace_context_without_an_exporter(te
         seen.append(current_trace_id())
         yield request
 
-    handler = grpc.method_handlers_generic_handler("mlp.test.v1.Trace", {
-        "Echo": grpc.unary_unary_rpc_method_handler(echo),
-        "Stream": grpc.unary_stream_rpc_method_handler(stream)})
-
-    def register(server: grpc.aio.Server) -> str:
-        server.add_generic_rpc_handlers((handler,))
-        return "mlp.test.v1.Trace"
-
-    port = free_port()
-    settings = CoreSettings(service_name="test", oidc_issuer=test_issuer.issuer, grpc_port=port)
-    host = ServiceHost(settings, ServiceParts(title="t", grpc_registrars=[register]), verifier=test_issuer.verifier())
-    await host.start_background()
     auth = ("authorization", f"Bearer {test_issuer.mint()}")
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     parent = ("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01")
@@ -259,26 +257,25 @@ async def test_grpc_calls_carry_the_callers_trace_context_without_an_exporter(te
     caller = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
         trace_id=int(trace_id, 16), span_id=0x00F067AA0BA902B7, is_remote=True,
         trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))), otel_context.Context())
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            token = otel_context.attach(caller)
-            try:
-                await channel.unary_unary("/mlp.test.v1.Trace/Echo")(b"x", metadata=[auth, parent])
-            finally:
-                otel_context.detach(token)
-            token = otel_context.attach(otel_context.Context())
-            try:
-                await channel.unary_unary("/mlp.test.v1.Trace/Echo")(b"x", metadata=[auth])
-                await channel.unary_unary("/mlp.test.v1.Trace/Echo")(b"x", metadata=[auth])
-            finally:
-                otel_context.detach(token)
-            token = otel_context.attach(caller)
-            try:
-                [_ async for _ in channel.unary_stream("/mlp.test.v1.Trace/Stream")(b"x", metadata=[auth, parent])]
-            finally:
-                otel_context.detach(token)
-    finally:
-        await host.stop_background()
+    async with _grpc_host(test_issuer, "mlp.test.v1.Trace", {
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "Stream": grpc.unary_stream_rpc_method_handler(stream)}) as (_host, channel):
+        token = otel_context.attach(caller)
+        try:
+            await channel.unary_unary("/mlp.test.v1.Trace/Echo")(b"x", metadata=[auth, parent])
+        finally:
+            otel_context.detach(token)
+        token = otel_context.attach(otel_context.Context())
+        try:
+            await channel.unary_unary("/mlp.test.v1.Trace/Echo")(b"x", metadata=[auth])
+            await channel.unary_unary("/mlp.test.v1.Trace/Echo")(b"x", metadata=[auth])
+        finally:
+            otel_context.detach(token)
+        token = otel_context.attach(caller)
+        try:
+            [_ async for _ in channel.unary_stream("/mlp.test.v1.Trace/Stream")(b"x", metadata=[auth, parent])]
+        finally:
+            otel_context.detach(token)
     assert seen[0] == trace_id and seen[3] == trace_id
     # without one, each call gets a fresh trace of its own (nothing leaks from an earlier call)
     assert seen[1] and seen[2] and len({seen[1], seen[2], trace_id}) == 3
@@ -298,37 +295,24 @@ async def test_malformed_grpc_requests_are_invalid_argument(test_issuer: TestIss
         return health_pb2.HealthCheckResponse(status=len(services))
 
     decode, encode = health_pb2.HealthCheckRequest.FromString, health_pb2.HealthCheckResponse.SerializeToString
-    handler = grpc.method_handlers_generic_handler("mlp.test.v1.Parse", {
-        "Check": grpc.unary_unary_rpc_method_handler(check, decode, encode),
-        "Count": grpc.stream_unary_rpc_method_handler(count, decode, encode),
-    })
-
-    def register(server: grpc.aio.Server) -> str:
-        server.add_generic_rpc_handlers((handler,))
-        return "mlp.test.v1.Parse"
-
-    port = free_port()
-    settings = CoreSettings(service_name="test", oidc_issuer=test_issuer.issuer, grpc_port=port)
-    host = ServiceHost(settings, ServiceParts(title="t", grpc_registrars=[register]), verifier=test_issuer.verifier())
-    await host.start_background()
     md = [("authorization", f"Bearer {test_issuer.mint()}")]
     good = health_pb2.HealthCheckRequest(service="a").SerializeToString()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            unary = channel.unary_unary("/mlp.test.v1.Parse/Check")
-            answer = health_pb2.HealthCheckResponse.FromString(await unary(good, metadata=md))
-            assert answer.status == health_pb2.HealthCheckResponse.SERVING and len(seen) == 1
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await unary(b"\xff\xff\xff", metadata=md)
-            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert info.value.details() == "the request is not a valid grpc.health.v1.HealthCheckRequest message"
-            streamed = channel.stream_unary("/mlp.test.v1.Parse/Count")
-            answer = health_pb2.HealthCheckResponse.FromString(await streamed(iter([good, good]), metadata=md))
-            assert answer.status == 2
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await streamed(iter([good, b"\xff\xff\xff"]), metadata=md)
-            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert len(seen) == 2  # neither bad call reached a handler's end
+    async with _grpc_host(test_issuer, "mlp.test.v1.Parse", {
+        "Check": grpc.unary_unary_rpc_method_handler(check, decode, encode),
+        "Count": grpc.stream_unary_rpc_method_handler(count, decode, encode),
+    }) as (host, channel):
+        unary = channel.unary_unary("/mlp.test.v1.Parse/Check")
+        answer = health_pb2.HealthCheckResponse.FromString(await unary(good, metadata=md))
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING and len(seen) == 1
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await unary(b"\xff\xff\xff", metadata=md)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "the request is not a valid grpc.health.v1.HealthCheckRequest message"
+        streamed = channel.stream_unary("/mlp.test.v1.Parse/Count")
+        answer = health_pb2.HealthCheckResponse.FromString(await streamed(iter([good, good]), metadata=md))
+        assert answer.status == 2
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await streamed(iter([good, b"\xff\xff\xff"]), metadata=md)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert len(seen) == 2  # neither bad call reached a handler's end
         assert 'code="INVALID_ARGUMENT"' in generate_latest(host.registry).decode()
-    finally:
-        await host.stop_background()

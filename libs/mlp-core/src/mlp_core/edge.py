@@ -443,7 +443,8 @@ class Connection(asyncio.Protocol):
         self._reading_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self.receiving = False
-        self._first: bytes | None = b""  # the connection's first bytes, until HTTP/1.1 or HTTP/2 is known
+        # the connection's first bytes until HTTP/1.1 or HTTP/2 is known; None: known (or no gRPC here)
+        self._first: bytes | None = b"" if edge.config.grpc is not None else None
 
     # -- connection --------------------------------------------------------------------------------
 
@@ -504,7 +505,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        if self._first is not None and self.edge.config.grpc is not None:
+        if self._first is not None:
             data = self._first + data
             if len(data) < 4 and b"PRI ".startswith(data):
                 self._first = data

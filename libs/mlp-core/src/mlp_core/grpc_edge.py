@@ -64,7 +64,6 @@ MAX_RESETS, RESET_WINDOW_S = 500, 10.0  # client-cancelled streams tolerated per
 STREAM_WINDOW = 1 << 20
 CONN_WINDOW = 16 << 20
 _MAX_WINDOW = (1 << 31) - 1
-_HIGH_WATER = 256 * 1024
 
 # frame types and flags
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
@@ -518,12 +517,9 @@ class H2Connection(asyncio.Protocol):
                 raise _ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM payload must be 4 bytes")
             if sid > self.last_stream:
                 raise _ConnectionError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
-            stream = self.streams.pop(sid, None)
-            if stream is not None:
-                self._count_reset()
-                self._drop(stream)
-                if not self.streams:
-                    self._idle()
+            if sid in self.streams:
+                self._count_reset()  # may close the connection: the stream is then dropped with the others
+                self._forget(sid)
         elif kind == PRIORITY:
             if not sid:
                 raise _ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
@@ -869,6 +865,10 @@ class H2Connection(asyncio.Protocol):
 
     def _reset(self, sid: int, code: int) -> None:
         self.out.append(frame(RST_STREAM, 0, sid, code.to_bytes(4, "big")))
+        self._forget(sid)
+
+    def _forget(self, sid: int) -> None:
+        """The stream ends without an answer (reset by either side)."""
         stream = self.streams.pop(sid, None)
         if stream is not None:
             self._drop(stream)

@@ -45,8 +45,9 @@ class Wiring:
 
 
 def wire(settings: FeatureStoreSettings, transforms: TransformRegistry | None = None,
-         main_db: Database | None = None) -> Wiring:
-    """Migrate every region database, then wire stores and services over them."""
+         main_db: Database | None = None, *, migrate: bool = True) -> Wiring:
+    """Migrate every region database (unless the service already did: its online workers), then wire
+    stores and services over them."""
     main_url = settings.resolved_database_url
     main_db = main_db or Database(main_url)
     databases = {main_url: main_db}
@@ -56,7 +57,7 @@ def wire(settings: FeatureStoreSettings, transforms: TransformRegistry | None = 
         if db_url not in databases:
             databases[db_url] = Database(db_url)
         regions[region] = RegionStores(SqlOfflineStore(databases[db_url], sink), RedisOnlineStore.from_url(redis_url))
-    for url in databases:
+    for url in databases if migrate else ():
         migrate_database(url)
     service = FeatureStoreService.build(
         SqlRegistryStore(main_db, sink), SqlRunStore(main_db, sink), Regions(regions), transforms,

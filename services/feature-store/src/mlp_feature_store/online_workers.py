@@ -102,7 +102,7 @@ class _EndOfInput(asyncio.Protocol):
 async def _serve(settings: FeatureStoreSettings) -> None:
     from mlp_feature_store.main import tune_gc, wire
 
-    wiring = wire(settings)
+    wiring = wire(settings, migrate=False)  # the service migrated before it started its workers
     verifier = build_verifier(settings)
     sink = _Sink()
     service = wiring.service

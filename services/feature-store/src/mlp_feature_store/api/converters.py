@@ -17,12 +17,11 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mlp_core.errors import InvalidArgument
-from mlp_feature_store.api.online_wire import TO_PB_TYPE
+from mlp_feature_store.api.online_wire import TO_PB_TYPE as _TO_PB_TYPE
 from mlp_feature_store.domain.models import Entity, FeatureService, FeatureView, ValueType
 from mlp_protos.mlp.common.v1 import common_pb2, value_pb2
 from mlp_protos.mlp.featurestore.v1 import featurestore_pb2 as pb
 
-_TO_PB_TYPE = TO_PB_TYPE
 _FROM_PB_TYPE = {v: k for k, v in _TO_PB_TYPE.items()}
 _EXPECTATION_ARGS = ("min", "max", "values", "max_age_seconds", "query")
 

@@ -91,9 +91,7 @@ def infer_dtype(values: list[Any]) -> ValueType:
 
 def _value(dtype: ValueType, values: list[Any], has_none: bool) -> bytes:
     """Field 3 of a column: a ``Value`` holding one typed list; nulls hold a placeholder (0, 0.0, "", false)."""
-    if dtype is _F64:
-        if len(values) == 1 and not has_none:
-            return _ONE_DOUBLE + _DOUBLE.pack(values[0])
+    if dtype is _F64:  # (one non-null value: inlined in ``online_response_bytes``)
         if has_none:
             values = [0.0 if v is None else v for v in values]
         inner = _delimited(b"\x0a", struct.pack(f"<{len(values)}d", *values)) if values else b""
